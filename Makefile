@@ -1,0 +1,33 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.sctraj-installed
+
+.PHONY: install demo test lint bench docs tutorials clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# the pinned CPU wheel first, so nothing can pull a multi-GB CUDA build
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/sctraj demo --out sctraj_demo
+
+test: install
+	$(PY) -m ruff check sctraj tests benchmarks
+	$(PY) -m pytest -n 2 -q tests
+
+lint: install
+	$(PY) -m ruff check sctraj tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) sctraj_demo docs/_build

@@ -1,0 +1,190 @@
+"""Couplings between two snapshots: independent, exact OT and entropic OT (via POT), and pair sampling.
+
+Plans are solved on random *blocks* of at most ``block_size`` cells per side, so memory stays bounded
+(``block_size**2`` floats) whatever the number of cells. When both snapshots fit in one block the plan is the
+exact full-data plan and is solved once; otherwise a new pair of blocks is drawn every ``refresh`` training steps,
+which is minibatch OT (Fatras et al. 2020; Tong et al. 2023) with a larger minibatch, solved less often. The next
+plan is prepared in a background thread while the network trains (POT's network simplex releases the GIL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import ot
+
+PlanFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def sq_cost(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Squared Euclidean cost matrix (float64)."""
+    return ot.dist(np.asarray(x0, np.float64), np.asarray(x1, np.float64), metric="sqeuclidean")
+
+
+def uniform(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def exact_plan(x0: np.ndarray, x1: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
+    """Exact OT plan for the squared Euclidean cost (network simplex, :func:`ot.emd`)."""
+    a = uniform(len(x0)) if a is None else a / a.sum()
+    b = uniform(len(x1)) if b is None else b / b.sum()
+    return ot.emd(a, b, sq_cost(x0, x1), numItermax=10_000_000)
+
+
+def entropic_plan(
+    x0: np.ndarray,
+    x1: np.ndarray,
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    *,
+    reg: float = 0.02,
+    n_iter: int = 2000,
+) -> np.ndarray:
+    """Entropic OT plan (log-domain Sinkhorn, :func:`ot.sinkhorn`) for the squared Euclidean cost."""
+    a = uniform(len(x0)) if a is None else a / a.sum()
+    b = uniform(len(x1)) if b is None else b / b.sum()
+    plan = ot.sinkhorn(a, b, sq_cost(x0, x1), reg, method="sinkhorn_log", numItermax=n_iter, stopThr=1e-6)
+    return np.asarray(plan)
+
+
+@dataclass
+class Pairs:
+    """Index pairs into the two snapshots, with the relative row mass of each source cell under the plan.
+
+    ``row_mass`` is ``n0 * plan.sum(1)[i0]`` (1 for balanced plans): how many "cells worth" of mass the source cell
+    sends, the quantity growth-aware methods regress on.
+    """
+
+    i0: np.ndarray
+    i1: np.ndarray
+    row_mass: np.ndarray
+
+
+def sample_pairs(plan: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` index pairs ``(i, j)`` with probability proportional to ``plan[i, j]``."""
+    flat = np.asarray(plan, np.float64).ravel()
+    nz = np.flatnonzero(flat > 0)
+    p = flat[nz]
+    p = p / p.sum()
+    pick = nz[rng.choice(len(nz), size=n, p=p)]
+    return np.divmod(pick, plan.shape[1])
+
+
+class PairSampler:
+    """Serve ``batch_size`` coupled pairs per step from block plans, refreshed every ``refresh`` steps.
+
+    Parameters
+    ----------
+    x0, x1
+        Source and target cells (arrays; only indices are returned).
+    plan_fn
+        ``plan_fn(x0_block, x1_block, a_block, b_block) -> plan``; ``None`` for the independent coupling.
+    batch_size
+        Pairs per call of :meth:`next`.
+    block_size
+        Maximum cells per side of one plan.
+    refresh
+        Steps served by one plan when the snapshots do not fit in one block.
+    rng
+        NumPy generator; the sampler is deterministic given its state (the background thread handles one
+        request at a time, in order).
+    a, b
+        Optional per-cell source / target weights (e.g. prior growth).
+    background
+        Prepare the next plan in a worker thread.
+    """
+
+    def __init__(
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        plan_fn: PlanFn | None,
+        *,
+        batch_size: int,
+        block_size: int = 1024,
+        refresh: int = 50,
+        rng: np.random.Generator,
+        a: np.ndarray | None = None,
+        b: np.ndarray | None = None,
+        background: bool = True,
+    ) -> None:
+        self.x0, self.x1 = x0, x1
+        self.n0, self.n1 = len(x0), len(x1)
+        self.a = np.ones(self.n0) if a is None else np.asarray(a, np.float64)
+        self.b = np.ones(self.n1) if b is None else np.asarray(b, np.float64)
+        self.plan_fn = plan_fn
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.rng = rng
+        self.single_block = self.n0 <= block_size and self.n1 <= block_size
+        # a full-data plan is fixed: draw enough pairs for many steps at once
+        self.refresh = max(int(refresh), 1) if not self.single_block else 200
+        self._cache: Pairs | None = None
+        self._pos = 0
+        self._plan_full: np.ndarray | None = None
+        self._pool = ThreadPoolExecutor(1) if (background and plan_fn is not None) else None
+        self._future: Future | None = None
+        if self._pool is not None:
+            self._future = self._pool.submit(self._make)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _block(self, n: int, size: int) -> np.ndarray:
+        if n <= size:
+            return np.arange(n)
+        return np.sort(self.rng.choice(n, size=size, replace=False))
+
+    def _make(self) -> Pairs:
+        n = self.batch_size * self.refresh
+        if self.plan_fn is None:
+            i0 = self.rng.integers(self.n0, size=n)
+            i1 = self.rng.integers(self.n1, size=n)
+            return Pairs(i0, i1, np.ones(n))
+        if self.single_block:
+            if self._plan_full is None:
+                self._plan_full = self.plan_fn(self.x0, self.x1, self.a, self.b)
+            plan, b0, b1 = self._plan_full, np.arange(self.n0), np.arange(self.n1)
+        else:
+            b0, b1 = self._block(self.n0, self.block_size), self._block(self.n1, self.block_size)
+            plan = self.plan_fn(self.x0[b0], self.x1[b1], self.a[b0], self.b[b1])
+        r, c = sample_pairs(plan, n, self.rng)
+        rows = np.asarray(plan).sum(1)
+        # mass sent by each source cell relative to its share a_i / sum(a) of the source marginal
+        share = self.a[b0] / self.a[b0].sum()
+        row_mass = rows[r] / np.maximum(share[r], 1e-300)
+        return Pairs(b0[r], b1[c], row_mass)
+
+    def _refill(self) -> None:
+        if self._pool is not None:
+            assert self._future is not None
+            self._cache = self._future.result()
+            self._future = self._pool.submit(self._make)
+        else:
+            self._cache = self._make()
+        self._pos = 0
+
+    # -- public ----------------------------------------------------------------------------------------------
+    def next(self) -> Pairs:
+        """The next ``batch_size`` pairs."""
+        if self._cache is None or self._pos + self.batch_size > len(self._cache.i0):
+            self._refill()
+        assert self._cache is not None
+        s = slice(self._pos, self._pos + self.batch_size)
+        self._pos += self.batch_size
+        return Pairs(self._cache.i0[s], self._cache.i1[s], self._cache.row_mass[s])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._future is not None:
+                self._future.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,122 @@
+"""The base class every method derives from, and the data it is fitted on."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class FitData:
+    """Scaled cells per kept time point, handed to :meth:`BaseMethod.fit`.
+
+    ``X[k]`` are the cells of time ``times[k]`` in the model's internal coordinates (centred, divided by one global
+    scale, so Euclidean geometry and OT are unchanged); ``tau[k]`` is that time mapped to [0, 1].
+    """
+
+    X: list[np.ndarray]
+    tau: np.ndarray
+    times: np.ndarray
+    weights: list[np.ndarray] | None = None
+    labels: list[np.ndarray] | None = None  # population labels per time (Meta FM)
+    conditions: list[np.ndarray] | None = None  # condition labels per time (Meta FM)
+    mass: np.ndarray | None = None  # relative total mass per kept time (growth methods)
+
+    @property
+    def dim(self) -> int:
+        return self.X[0].shape[1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method's config: network and optimiser settings shared by all methods."""
+
+    width: int = 64
+    depth: int = 3
+    activation: str = "selu"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> MethodConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise TypeError(
+                f"Unknown parameter(s) {unknown} for this method. Valid method parameters: {sorted(names)}."
+            )
+        return cls(**params)
+
+
+class BaseMethod(nn.Module, abc.ABC):
+    """A flow-matching method: networks plus how to train them.
+
+    Subclasses set ``Config`` and implement :meth:`fit` and :meth:`velocity`; growth-aware methods also set
+    ``has_growth = True`` and implement :meth:`growth`. Everything a model needs to be rebuilt without data must be in
+    the constructor arguments (``dim``, ``config``, ``meta``) and the state dict.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    has_growth: ClassVar[bool] = False
+    needs_population: ClassVar[bool] = False
+    min_cells: ClassVar[int] = 2
+    default_n_steps: ClassVar[int] = 2000
+    default_batch_size: ClassVar[int] = 256
+
+    def __init__(self, dim: int, config: MethodConfig, meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.config = config
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # -- training -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(
+        self,
+        data: FitData,
+        *,
+        n_steps: int,
+        batch_size: int,
+        rng: np.random.Generator,
+        device: torch.device,
+        progress: bool,
+    ) -> dict[str, list[float]]:
+        """Train on ``data`` and return the loss history (lists of floats per logged quantity)."""
+
+    # -- hooks around fitting (all optional) ----------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, adata, tc, data: FitData, params: dict[str, Any], *, population_key: str | None) -> dict[str, Any]:
+        """Read method-specific inputs from ``adata`` before fitting.
+
+        May fill ``data`` (weights, labels, mass) and must pop the non-config entries it consumes from ``params``
+        (e.g. ``total_mass``). Returns plain-typed metadata stored in ``self.meta`` and saved with the model. Runs
+        before anything is written, so it must not modify ``adata``; raise a clear error on bad input.
+        """
+        return {}
+
+    def report(self, model, data: FitData) -> dict[str, Any]:
+        """Extra h5ad-safe results merged into ``adata.uns[key_added]`` after fitting (e.g. mass over time)."""
+        return {}
+
+    # -- the learned dynamics (internal coordinates, time tau in [0, 1]) ----------------------------------------
+    @abc.abstractmethod
+    def velocity(self, x: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity ``dx / d tau`` in internal coordinates."""
+
+    def growth(self, x: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-cell growth rate ``d log w / d tau``; ``None`` for mass-conserving methods."""
+        return None
+
+    def condition(self, x_source: torch.Tensor, condition: int | None = None) -> torch.Tensor | None:
+        """Condition vector for one population given its source cells (Meta FM); ``None`` otherwise."""
+        return None

@@ -1,0 +1,271 @@
+"""The user-facing fitted model: real time and real coordinates in, NumPy out; save / load with plain types."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.solvers import check_solver, integrate
+from ._base import BaseMethod
+from ._registry import get_method
+
+FORMAT = "sctraj-model"
+FORMAT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when available; asking for CUDA without it is an error."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available on this machine. Use device='auto' or 'cpu'.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from None
+
+
+class TrajectoryModel:
+    """A fitted flow: the method's networks plus the coordinates and times it was fitted in.
+
+    Internally cells are centred and divided by one global scale and time is mapped to [0, 1] over the fitted time
+    points; every public method takes and returns real coordinates (the first ``n_dims`` dims of ``use_rep``) and real
+    time (the units of ``time_key``).
+    """
+
+    def __init__(self, method: BaseMethod, setup: dict[str, Any], history: dict[str, list[float]] | None = None):
+        self.method = method
+        self.setup = setup
+        self.history = history or {}
+        self._mean = torch.as_tensor(np.asarray(setup["mean"], np.float32))
+        self._scale = float(setup["scale"])
+        self._t0 = float(setup["times"][0])
+        self._T = float(setup["times"][-1] - setup["times"][0])
+
+    # -- descriptors ------------------------------------------------------------------------------------------
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.asarray(self.setup["times"], float)
+
+    @property
+    def dim(self) -> int:
+        return int(self.method.dim)
+
+    @property
+    def use_rep(self) -> str:
+        return self.setup["use_rep"]
+
+    @property
+    def time_key(self) -> str:
+        return self.setup["time_key"]
+
+    @property
+    def has_growth(self) -> bool:
+        return bool(self.method.has_growth)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.method.parameters()).device
+
+    def __repr__(self) -> str:
+        t = ", ".join(f"{x:g}" for x in self.times)
+        return (f"TrajectoryModel(method={self.method_name!r}, use_rep={self.use_rep!r}, dim={self.dim}, "
+                f"times=[{t}], growth={self.has_growth})")
+
+    def to(self, device: str | torch.device) -> TrajectoryModel:
+        self.method.to(resolve_device(device))
+        return self
+
+    # -- coordinate changes -----------------------------------------------------------------------------------
+    def _check_X(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(
+                f"Expected cells with {self.dim} dims (the model was fitted on {self.use_rep!r}, n_dims={self.dim}), "
+                f"got shape {X.shape}."
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("The cells contain NaN or infinite values.")
+        return X
+
+    def check_time(self, t, what: str = "time") -> float:
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a number, got {t!r}.") from None
+        lo, hi = self.times[0], self.times[-1]
+        tol = 1e-9 * max(1.0, abs(hi - lo))
+        if not (lo - tol <= t <= hi + tol):
+            raise ValueError(
+                f"{what}={t:g} is outside the fitted time range [{lo:g}, {hi:g}]; the model cannot extrapolate. "
+                "Refit with cells at that time, or ask for a time inside the range."
+            )
+        return t
+
+    def tau(self, t) -> float:
+        return (float(t) - self._t0) / self._T
+
+    def to_internal(self, X: np.ndarray) -> torch.Tensor:
+        dev = self.device
+        return (torch.as_tensor(X, device=dev) - self._mean.to(dev)) / self._scale
+
+    def from_internal(self, Z: torch.Tensor) -> np.ndarray:
+        return (Z * self._scale + self._mean.to(Z.device)).detach().cpu().numpy()
+
+    @torch.no_grad()
+    def population_condition(self, X_source, condition: str | None = None) -> torch.Tensor | None:
+        """Condition vector of one population from its source cells (Meta FM); ``None`` for other methods."""
+        self.method.eval()
+        return self.method.condition(self.to_internal(self._check_X(X_source)), condition)
+
+    # -- dynamics in real units -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def velocity(self, X, t, *, cond: torch.Tensor | None = None, chunk_size: int = 65536) -> np.ndarray:
+        """Velocity ``dx/dt`` (embedding units per unit of time) of cells ``X`` at time ``t`` (scalar or per cell)."""
+        X = self._check_X(X)
+        tt = np.broadcast_to(np.asarray(t, np.float64), (len(X),))
+        for v in np.unique(tt):
+            self.check_time(v)
+        out = np.empty_like(X)
+        self.method.eval()
+        for s in range(0, len(X), chunk_size):
+            z = self.to_internal(X[s : s + chunk_size])
+            tau = torch.as_tensor((tt[s : s + chunk_size] - self._t0) / self._T, dtype=z.dtype, device=z.device)
+            v = self.method.velocity(z, tau, cond)
+            out[s : s + chunk_size] = (v * self._scale / self._T).cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def growth_rate(self, X, t, *, cond: torch.Tensor | None = None, chunk_size: int = 65536) -> np.ndarray:
+        """Growth rate ``d log(mass) / dt`` (per unit of time) of cells ``X`` at time ``t``; zeros without growth."""
+        X = self._check_X(X)
+        if not self.has_growth:
+            return np.zeros(len(X), np.float32)
+        tt = np.broadcast_to(np.asarray(t, np.float64), (len(X),))
+        out = np.empty(len(X), np.float32)
+        self.method.eval()
+        for s in range(0, len(X), chunk_size):
+            z = self.to_internal(X[s : s + chunk_size])
+            tau = torch.as_tensor((tt[s : s + chunk_size] - self._t0) / self._T, dtype=z.dtype, device=z.device)
+            g = self.method.growth(z, tau, cond)
+            out[s : s + chunk_size] = (g / self._T).cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def push(
+        self,
+        X,
+        t_from: float,
+        t_to: float | np.ndarray,
+        *,
+        n_steps: int = 100,
+        solver: str = "euler",
+        cond: torch.Tensor | None = None,
+        chunk_size: int = 65536,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Integrate cells ``X`` from ``t_from`` to ``t_to`` (a time or an increasing/decreasing grid of times).
+
+        Returns ``(X_t, log_w)``: positions of shape ``(len(grid), n, d)`` (or ``(n, d)`` for a scalar ``t_to``) and
+        the log of each cell's mass relative to its mass at ``t_from`` (zeros for mass-conserving methods).
+        ``n_steps`` fixed steps are taken over the whole span.
+        """
+        X = self._check_X(X)
+        check_solver(solver)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}.")
+        t_from = self.check_time(t_from, "source time")
+        scalar = np.ndim(t_to) == 0
+        grid = np.atleast_1d(np.asarray(t_to, np.float64))
+        for v in grid:
+            self.check_time(v, "target time")
+        taus = np.concatenate([[self.tau(t_from)], [self.tau(v) for v in grid]])
+        self.method.eval()
+        dev = self.device
+        t_eval = torch.as_tensor(taus, dtype=torch.float32, device=dev)
+        xs_out = np.empty((len(grid), len(X), self.dim), np.float32)
+        lw_out = np.zeros((len(grid), len(X)), np.float32)
+        if np.allclose(taus, taus[0]):
+            xs_out[:] = X
+            return (xs_out[0], lw_out[0]) if scalar else (xs_out, lw_out)
+
+        def vel(x, t):
+            return self.method.velocity(x, t.reshape(1).expand(x.shape[0]), cond)
+
+        def gro(x, t):
+            return self.method.growth(x, t.reshape(1).expand(x.shape[0]), cond)
+
+        for s in range(0, len(X), chunk_size):
+            z = self.to_internal(X[s : s + chunk_size])
+            zs, lws = integrate(vel, z, t_eval, n_steps=n_steps, solver=solver,
+                                growth=gro if self.has_growth else None)
+            xs_out[:, s : s + chunk_size] = self.from_internal(zs[1:])
+            if lws is not None:
+                lw_out[:, s : s + chunk_size] = lws[1:].cpu().numpy()
+        return (xs_out[0], lw_out[0]) if scalar else (xs_out, lw_out)
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model, as plain Python / tensor types."""
+        from .. import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "sctraj_version": __version__,
+            "method": self.method_name,
+            "dim": self.dim,
+            "config": self.method.config.to_dict(),
+            "meta": self.method.meta,
+            "setup": self.setup,
+            "history": self.history,
+            "state_dict": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to ``path`` (a ``.pt`` file readable with ``torch.load(weights_only=True)``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> TrajectoryModel:
+        """Load a model written by :meth:`save`; refuses pickled code (``weights_only=True``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No model file at {str(path)!r}. Save one with model.save(path) first.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - corrupt files raise many kinds of errors
+            raise ValueError(
+                f"{str(path)!r} is not a readable sctraj model ({type(e).__name__}: {e}). "
+                "It may be corrupt, truncated, or contain pickled code, which sctraj refuses to load."
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{str(path)!r} is not an sctraj model file (it was not written by model.save).")
+        if state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} uses model format version {state.get('format_version')}, this sctraj reads version "
+                f"{FORMAT_VERSION}. Refit the model or load it with sctraj {state.get('sctraj_version')}."
+            )
+        Method = get_method(state["method"])
+        config = Method.Config.from_params(state["config"])
+        method = Method(int(state["dim"]), config, state.get("meta", {}))
+        try:
+            method.load_state_dict(state["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(f"{str(path)!r} does not match the {state['method']!r} network layout: {e}") from None
+        method.to(resolve_device(device))
+        return cls(method, state["setup"], state.get("history", {}))

@@ -1,0 +1,3 @@
+"""Plotting (matplotlib / scanpy only; never imports torch)."""
+
+__all__: list[str] = []

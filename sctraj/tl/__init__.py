@@ -1,0 +1,8 @@
+"""Tools: fit flows, push and generate cells, benchmark. torch is imported only when these functions run."""
+
+from ._benchmark import leave_one_out
+from ._fit import fit_flow
+from ._metrics import evaluate
+from ._predict import interpolate, load_model, predict
+
+__all__ = ["fit_flow", "predict", "interpolate", "load_model", "leave_one_out", "evaluate"]

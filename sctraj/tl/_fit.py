@@ -1,0 +1,221 @@
+"""``fit_flow``: train a method on an AnnData time course and write its results back."""
+
+from __future__ import annotations
+
+import time as _time
+from typing import Any
+
+import numpy as np
+
+from .. import _keys
+from .._settings import logger
+from .._validation import check_adata, check_random_state, positive_int, time_course
+from ._utils import h5ad_safe, population_groups
+
+
+def fit_flow(
+    adata,
+    time_key: str,
+    *,
+    method: str = "otcfm",
+    use_rep: str = "X_pca",
+    n_dims: int | None = None,
+    exclude_times=None,
+    population_key: str | None = None,
+    n_steps: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    random_state: int = 0,
+    key_added: str = "sctraj",
+    progress: bool = True,
+    trajectory_n_grid: int = 10,
+    **method_params: Any,
+):
+    """Learn the continuous dynamics that carry each snapshot of a time course into the next.
+
+    One time-conditioned vector field (and, for growth-aware methods, a growth rate) is trained over all consecutive
+    pairs of the kept time points by flow matching. Real time values are used: intervals of different lengths are
+    handled exactly, and an excluded time is skipped so that its neighbours form one interval.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with cells from at least two time points.
+    time_key
+        Numeric column of ``adata.obs`` (or categorical with numeric categories) with each cell's sampling time.
+    method
+        One of :func:`sctraj.models.available_methods`: ``"icfm"``, ``"otcfm"``, ``"sbcfm"``, ``"vgfm"``,
+        ``"metricfm"``, ``"metafm"``.
+    use_rep
+        Key of ``adata.obsm`` with the embedding to fit in (``"X"`` for ``adata.X``).
+    n_dims
+        Use only the first ``n_dims`` dimensions of ``use_rep`` (all by default).
+    exclude_times
+        Time point(s) left out of training, e.g. to hold them out for evaluation.
+    population_key
+        Column of ``adata.obs`` labelling populations (replicates, patients); required by ``"metafm"``.
+    n_steps
+        Training steps; the method's default when ``None`` (see the method's documentation).
+    batch_size
+        Coupled pairs per interval per step; the method's default when ``None``.
+    device
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    random_state
+        Seed of every random choice (network initialisation, couplings, times, noise). The same seed on CPU gives
+        identical results.
+    key_added
+        Prefix of every key written to ``adata``.
+    progress
+        Show a progress bar.
+    trajectory_n_grid
+        Points per cell in ``obsm[f"{key_added}_trajectory"]``; ``0`` writes no trajectories.
+    **method_params
+        Settings of the method's config (network ``width``/``depth``/``activation``, ``lr``, ``sigma``, ...), and
+        method-specific inputs (e.g. ``total_mass`` for ``"vgfm"``, ``condition_key`` for ``"metafm"``).
+
+    Returns
+    -------
+    The fitted :class:`~sctraj.models.TrajectoryModel`. After everything has succeeded (never half-way), sets:
+
+    `adata.obsm[f"{key_added}_velocity_{rep}"]` : :class:`numpy.ndarray`
+        Velocity of each cell at its own time, in ``use_rep`` units per unit of time (``rep`` = ``use_rep`` without
+        ``X_``); NaN for cells outside the fitted time range.
+    `adata.obs[f"{key_added}_growth_rate"]`
+        Growth rate (d log mass / dt) of each cell at its own time; 0 for mass-conserving methods.
+    `adata.obsm[f"{key_added}_trajectory"]` : :class:`numpy.ndarray` (n_obs x n_grid x d)
+        Each cell integrated from its time to the next fitted time point (NaN for cells at the last one); the grid is
+        ``uns[key_added]["trajectory"]["fractions"]`` of each cell's interval.
+    `adata.uns[key_added]` : :class:`dict`
+        ``params`` (method, config, times, use_rep, seed, version, ...), ``history`` (loss per step) and
+        method-specific results (e.g. ``mass``).
+    """
+    import torch
+
+    from .. import __version__
+    from ..models import FitData, TrajectoryModel, get_method, resolve_device
+
+    check_adata(adata)
+    Method = get_method(method)
+    positive_int("n_steps", n_steps, allow_none=True)
+    positive_int("batch_size", batch_size, allow_none=True)
+    seed = check_random_state(random_state)
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if isinstance(trajectory_n_grid, bool) or not isinstance(trajectory_n_grid, int) or trajectory_n_grid < 0 or \
+            trajectory_n_grid == 1:
+        raise ValueError(f"trajectory_n_grid must be 0 (no trajectories) or an integer >= 2, got {trajectory_n_grid!r}.")
+    dev = resolve_device(device)
+    if population_key is not None and population_key not in adata.obs:
+        raise KeyError(f"population_key {population_key!r} is not a column of adata.obs.")
+    if Method.needs_population and population_key is None:
+        raise ValueError(
+            f"method={method!r} conditions on populations: pass population_key='<obs column with population labels>'."
+        )
+
+    tc = time_course(adata, time_key, use_rep, n_dims, exclude_times, min_cells=Method.min_cells)
+    n_steps = int(n_steps or Method.default_n_steps)
+    batch_size = int(batch_size or Method.default_batch_size)
+
+    # internal coordinates: centred, one global scale (keeps Euclidean geometry and OT plans unchanged)
+    allX = np.concatenate(tc.X)
+    mean = allX.mean(0)
+    scale = float(np.sqrt(((allX - mean) ** 2).mean(0).sum() / allX.shape[1]))
+    scale = scale if scale > 0 else 1.0
+    T = float(tc.times[-1] - tc.times[0])
+    data = FitData(
+        X=[((x - mean) / scale).astype(np.float32) for x in tc.X],
+        tau=(tc.times - tc.times[0]) / T,
+        times=tc.times,
+    )
+    params = dict(method_params)
+    meta = Method.prepare(adata, tc, data, params, population_key=population_key)
+    config = Method.Config.from_params(params)
+
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        module = Method(tc.dim, config, meta)
+    module.to(dev)
+    setup = {
+        "method": method,
+        "time_key": time_key,
+        "use_rep": use_rep,
+        "n_dims": int(tc.dim),
+        "times": [float(x) for x in tc.times],
+        "all_times": [float(x) for x in tc.all_times],
+        "excluded_times": [float(x) for x in tc.excluded],
+        "n_cells": [int(len(x)) for x in tc.X],
+        "mean": [float(x) for x in mean],
+        "scale": scale,
+        "random_state": seed,
+        "n_steps": n_steps,
+        "batch_size": batch_size,
+        "device": str(dev),
+        "version": __version__,
+    }
+    if population_key is not None:
+        setup["population_key"] = population_key
+    if meta.get("condition_key"):
+        setup["condition_key"] = meta["condition_key"]
+
+    logger.info(f"fitting {method!r} on {allX.shape[0]} cells x {tc.dim} dims, times {setup['times']} ({dev})")
+    t_start = _time.perf_counter()
+    module.train()
+    history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev, progress=progress)
+    fit_seconds = _time.perf_counter() - t_start
+    module.eval()
+    setup["fit_seconds"] = fit_seconds
+    model = TrajectoryModel(module, setup, history)
+
+    # ---- compute every output first; write only when all succeeded ------------------------------------------
+    outputs = compute_outputs(adata, model, tc, trajectory_n_grid)
+    record = {
+        "params": {**setup, "config": config.to_dict()},
+        "history": {k: np.asarray(v, np.float32) for k, v in history.items()},
+        "trajectory": {"fractions": outputs.pop("fractions"), "times": np.asarray(tc.times)},
+    }
+    record.update(module.report(model, data))
+    record = h5ad_safe(record)
+
+    rep = use_rep
+    adata.obsm[_keys.velocity_key(key_added, rep)] = outputs["velocity"]
+    adata.obs[_keys.growth_key(key_added)] = outputs["growth"]
+    if trajectory_n_grid:
+        adata.obsm[_keys.trajectory_key(key_added)] = outputs["trajectory"]
+    adata.uns[key_added] = record
+    logger.info(
+        f"done in {fit_seconds:.1f}s: wrote obsm[{_keys.velocity_key(key_added, rep)!r}], "
+        f"obs[{_keys.growth_key(key_added)!r}], "
+        + (f"obsm[{_keys.trajectory_key(key_added)!r}], " if trajectory_n_grid else "")
+        + f"uns[{key_added!r}]"
+    )
+    return model
+
+
+def compute_outputs(adata, model, tc, n_grid: int) -> dict[str, np.ndarray]:
+    """Per-cell velocity and growth at the cell's own time and its path to the next fitted time point."""
+    from .._validation import get_rep
+
+    X = get_rep(adata, model.use_rep, model.dim)
+    t = tc.cell_time
+    times = model.times
+    n, d = X.shape
+    vel = np.full((n, d), np.nan, np.float32)
+    growth = np.full(n, np.nan, np.float32)
+    fr = np.linspace(0.0, 1.0, n_grid) if n_grid else np.zeros(0)
+    traj = np.full((n, n_grid, d), np.nan, np.float32) if n_grid else None
+    inside = (t >= times[0]) & (t <= times[-1])
+    for tv in np.unique(t[inside]):
+        for pos, cond in population_groups(adata, model, inside & (t == tv)):
+            vel[pos] = model.velocity(X[pos], tv, cond=cond)
+            growth[pos] = model.growth_rate(X[pos], tv, cond=cond)
+            later = times[times > tv + 1e-12]
+            if n_grid and len(later):
+                grid = tv + fr * (later[0] - tv)
+                xs, _ = model.push(X[pos], tv, grid[1:], n_steps=max(5 * (n_grid - 1), 20), cond=cond)
+                traj[pos, 0] = X[pos]
+                traj[pos, 1:] = np.transpose(xs, (1, 0, 2))
+    out = {"velocity": vel, "growth": growth, "fractions": fr}
+    if traj is not None:
+        out["trajectory"] = traj
+    return out

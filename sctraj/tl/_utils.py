@@ -1,0 +1,60 @@
+"""Helpers shared by the ``tl`` functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def h5ad_safe(obj: Any) -> Any:
+    """Convert to types that ``write_h5ad`` stores: dicts of str keys, arrays, scalars, strings (``None`` dropped)."""
+    if isinstance(obj, dict):
+        return {str(k): h5ad_safe(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        if all(isinstance(v, str) for v in obj):
+            return np.asarray(obj, dtype=object) if obj else np.zeros(0)
+        if all(isinstance(v, bool | int | float | np.number) for v in obj):
+            return np.asarray(obj)
+        return {str(i): h5ad_safe(v) for i, v in enumerate(obj)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def population_groups(adata, model, mask: np.ndarray) -> Iterator[tuple[np.ndarray, Any]]:
+    """Yield ``(positions, cond)`` over the cells selected by ``mask``.
+
+    Without a population model, one group with ``cond=None``. With one (Meta FM), one group per population: its
+    condition vector is computed by the method from the population's cells at the earliest time present in ``adata``
+    for that population (the fitted source time when available).
+    """
+    pos = np.flatnonzero(mask)
+    pop_key = model.setup.get("population_key")
+    if not pop_key:
+        yield pos, None
+        return
+    if pop_key not in adata.obs:
+        raise KeyError(
+            f"The model conditions on populations in adata.obs[{pop_key!r}], which this AnnData lacks. "
+            f"Add that column (one label per population; unseen labels are fine)."
+        )
+    from .._validation import get_rep, time_values
+
+    labels = adata.obs[pop_key].astype(str).to_numpy()
+    t = time_values(adata, model.time_key)
+    X = get_rep(adata, model.use_rep, model.dim)
+    cond_key = model.setup.get("condition_key")
+    for lab in pd.unique(labels[pos]):
+        in_pop = labels == lab
+        t_src = t[in_pop].min()
+        src = in_pop & (t == t_src)
+        cond_label = None
+        if cond_key:
+            if cond_key not in adata.obs:
+                raise KeyError(f"The model needs the condition column adata.obs[{cond_key!r}], which is missing.")
+            cond_label = str(adata.obs[cond_key].to_numpy()[np.flatnonzero(src)[0]])
+        cond = model.population_condition(X[src], cond_label)
+        yield pos[in_pop[pos]], cond
