@@ -1,0 +1,133 @@
+"""Closed-form checks of the shared engine: couplings, paths, the ODE solver, the trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sctraj.engine import couplings, paths, solvers
+from sctraj.engine.nn import VectorField
+from sctraj.engine.trainer import train
+
+
+def test_exact_ot_recovers_permutation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    perm = rng.permutation(50)
+    plan = couplings.exact_plan(x, x[perm])
+    # plan[i, j] > 0 iff x[i] == x[perm][j], i.e. j = inverse-perm[i]
+    inv = np.argsort(perm)
+    assert np.array_equal(plan.argmax(1), inv)
+    np.testing.assert_allclose(plan.sum(1), 1 / 50)
+    np.testing.assert_allclose(plan.sum(0), 1 / 50)
+
+
+def test_entropic_plan_marginals_and_limit():
+    rng = np.random.default_rng(1)
+    x0, x1 = rng.normal(size=(40, 2)), rng.normal(size=(30, 2)) + 1
+    plan = couplings.entropic_plan(x0, x1, reg=0.05)
+    np.testing.assert_allclose(plan.sum(1), 1 / 40, atol=1e-6)
+    np.testing.assert_allclose(plan.sum(0), 1 / 30, atol=1e-6)
+    # large regularisation tends to the independent coupling
+    flat = couplings.entropic_plan(x0, x1, reg=1e4)
+    np.testing.assert_allclose(flat, 1 / 1200, rtol=1e-2)
+
+
+def test_pair_sampler_follows_plan():
+    x = np.arange(6, dtype=float)[:, None]
+    s = couplings.PairSampler(x, x[::-1].copy(), couplings.exact_plan, batch_size=64,
+                              rng=np.random.default_rng(0), background=False)
+    p = s.next()
+    # exact OT on 1-d sorted points pairs i with the mirror index of the reversed copy
+    assert np.array_equal(p.i1, 5 - p.i0)
+    np.testing.assert_allclose(p.row_mass, 1.0)
+    ind = couplings.PairSampler(x, x, None, batch_size=4000, rng=np.random.default_rng(0))
+    q = ind.next()
+    # independent coupling: about uniform over pairs
+    counts = np.bincount(q.i0 * 6 + q.i1, minlength=36)
+    assert counts.min() > 60
+
+
+def test_pair_sampler_blocks_bound_plan_size():
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(500, 2)), rng.normal(size=(700, 2))
+    seen = []
+
+    def plan_fn(a, b, wa, wb):
+        seen.append((len(a), len(b)))
+        return couplings.exact_plan(a, b)
+
+    s = couplings.PairSampler(x0, x1, plan_fn, batch_size=50, block_size=100, refresh=2, rng=rng, background=True)
+    for _ in range(5):
+        p = s.next()
+        assert p.i0.max() < 500 and p.i1.max() < 700
+    s.close()
+    assert seen and all(a <= 100 and b <= 100 for a, b in seen)
+
+
+@pytest.mark.parametrize("path", [paths.StraightPath(0.3), paths.BrownianBridgePath(0.5)])
+def test_paths_hit_endpoints_and_velocity_is_derivative(path):
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    if isinstance(path, paths.BrownianBridgePath):
+        for s_end, x_end in ((0.0, x0), (1.0, x1)):
+            xt, _ = path.sample(x0, x1, torch.full((8,), s_end, dtype=torch.float64), eps)
+            torch.testing.assert_close(xt, x_end)
+    else:
+        xt, _ = path.sample(x0, x1, torch.zeros(8, dtype=torch.float64))
+        torch.testing.assert_close(xt, x0)
+        xt, _ = path.sample(x0, x1, torch.ones(8, dtype=torch.float64))
+        torch.testing.assert_close(xt, x1)
+    s = torch.rand(8, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    h = 1e-6
+    xa, _ = path.sample(x0, x1, s - h, eps)
+    xb, _ = path.sample(x0, x1, s + h, eps)
+    _, u = path.sample(x0, x1, s, eps)
+    torch.testing.assert_close(u, (xb - xa) / (2 * h), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_solver_exponential_decay(solver):
+    x0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    xs, lw = solvers.integrate(lambda x, t: -x, x0, t, n_steps=1000, solver=solver)
+    assert lw is None
+    np.testing.assert_allclose(xs[-1].numpy(), x0.numpy() * np.exp(-1), rtol=1e-3)
+    np.testing.assert_allclose(xs[1].numpy(), x0.numpy() * np.exp(-0.5), rtol=1e-3)
+    # backwards in time
+    xb, _ = solvers.integrate(lambda x, t: -x, xs[-1], t.flip(0), n_steps=1000, solver=solver)
+    np.testing.assert_allclose(xb[-1].numpy(), x0.numpy(), rtol=1e-3)
+
+
+def test_mass_ode_constant_growth():
+    x0 = torch.zeros(5, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    _, lw = solvers.integrate(lambda x, t: torch.zeros_like(x), x0, t, growth=lambda x, t: torch.full(
+        (x.shape[0],), 0.3, dtype=x.dtype), n_steps=10)
+    np.testing.assert_allclose(np.exp(lw[-1].numpy()), np.exp(0.6), rtol=1e-9)
+
+
+def test_solver_rejects_unknown():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        solvers.integrate(lambda x, t: x, torch.zeros(1, 1), torch.tensor([0.0, 1.0]), solver="heun3")
+
+
+def test_trainer_fits_constant_field_and_detects_nan():
+    torch.manual_seed(0)
+    net = VectorField(2, width=16, depth=2)
+    target = torch.tensor([[1.0, -2.0]])
+    x = torch.randn(64, 2)
+
+    def loss_fn(step):
+        return {"loss": ((net(x, torch.rand(64)) - target) ** 2).mean()}
+
+    hist = train(net.parameters(), loss_fn, 300, lr=1e-2, progress=False)
+    assert len(hist["loss"]) == 300 and hist["loss"][-1] < 0.01 * hist["loss"][0]
+
+    def bad(step):
+        return {"loss": net(x, torch.rand(64)).sum() * float("nan")}
+
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train(net.parameters(), bad, 5, progress=False)
