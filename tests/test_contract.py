@@ -49,9 +49,9 @@ def test_fit_writes_keys_and_roundtrips(adata_time, method, tmp_path):
     model.save(tmp_path / "m.pt")
     m2 = sctraj.tl.load_model(tmp_path / "m.pt")
     X = a.obsm["X_pca"][:20]
-    kw = {}
-    np.testing.assert_array_equal(model.velocity(X, 1.0, **kw), m2.velocity(X, 1.0, **kw)) if not model.setup.get(
-        "population_key") else None
+    cond = model.population_condition(X) if model.setup.get("population_key") else None
+    cond2 = m2.population_condition(X) if model.setup.get("population_key") else None
+    np.testing.assert_array_equal(model.velocity(X, 1.0, cond=cond), m2.velocity(X, 1.0, cond=cond2))
     p1 = sctraj.tl.predict(a, model, source_time=0.0, target_time=1.0)
     p2 = sctraj.tl.predict(a, m2, source_time=0.0, target_time=1.0)
     np.testing.assert_array_equal(p1.obsm["X_pca"], p2.obsm["X_pca"])
