@@ -1,0 +1,261 @@
+"""Shared plumbing of the plotting functions: keys, the scanpy return contract, colours, basis mapping.
+
+Nothing here imports torch: plots only read what ``sctraj.tl`` wrote into the AnnData.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FIT_HINT = "sctraj.tl.fit_flow(adata, time_key, key_added={key!r})"
+
+# the parameter text shared by every plotting function (inserted into the docstrings with ``doc_params``)
+DOC_SHOW_SAVE_AX = """\
+ax
+    A :class:`~matplotlib.axes.Axes` to draw into; a new figure is created when ``None``.
+show
+    Call :func:`matplotlib.pyplot.show` at the end; ``None`` follows ``sctraj.settings.autoshow``.
+save
+    Path (with extension, e.g. ``"fig.png"`` or ``"fig.pdf"``) to save the figure to.
+return_fig
+    Return the :class:`~matplotlib.figure.Figure` instead of the axes."""
+
+DOC_RETURNS = """\
+The :class:`~matplotlib.figure.Figure` if ``return_fig=True``; ``None`` if the figure was shown; otherwise the
+:class:`~matplotlib.axes.Axes` (a list of them for multi-panel figures)."""
+
+
+def doc_params(**kwds):
+    """Fill ``{name}`` placeholders of a docstring (scanpy's ``_doc_params`` idea)."""
+
+    def deco(fn):
+        fn.__doc__ = fn.__doc__.format(**kwds) if fn.__doc__ else fn.__doc__
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading what tl wrote
+# ---------------------------------------------------------------------------------------------------------------
+def check_adata(adata) -> None:
+    from anndata import AnnData
+
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}.")
+
+
+def fit_record(adata, key: str, *, needed: str | None = None, hint: str | None = None) -> Mapping:
+    """``adata.uns[key]`` written by ``fit_flow`` (and ``uns[key][needed]`` when asked), or a clear KeyError."""
+    check_adata(adata)
+    make = hint or FIT_HINT.format(key=key)
+    if key not in adata.uns or not isinstance(adata.uns[key], Mapping) or "params" not in adata.uns[key]:
+        raise KeyError(
+            f"adata.uns[{key!r}] with the fit record was not found. Run {make} first "
+            f"(or pass the key_added you used as key=...)."
+        )
+    rec = adata.uns[key]
+    if needed is not None and needed not in rec:
+        raise KeyError(f"adata.uns[{key!r}][{needed!r}] was not found. Run {make} first.")
+    return rec
+
+
+def fit_times(adata, key: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(time_key, time of each cell, fitted time points)`` of the fit stored under ``key``."""
+    rec = fit_record(adata, key)
+    p = rec["params"]
+    time_key = str(p["time_key"])
+    if time_key not in adata.obs:
+        raise KeyError(f"The fit under {key!r} used adata.obs[{time_key!r}], which this AnnData lacks.")
+    t = pd.to_numeric(pd.Series(np.asarray(adata.obs[time_key])), errors="coerce").to_numpy(float)
+    return time_key, t, np.asarray(p["times"], float)
+
+
+def time_unit(adata, time_key: str) -> str:
+    """Axis label of the time column: ``"day"`` plus the unit when the dataset records one."""
+    unit = None
+    ds = adata.uns.get("dataset")
+    if isinstance(ds, Mapping) and "time_unit" in ds:
+        unit = str(ds["time_unit"])
+    if unit and unit != time_key and unit != "index":
+        return f"{time_key} ({unit})"
+    return str(time_key)
+
+
+def rate_unit(adata, time_key: str) -> str:
+    ds = adata.uns.get("dataset")
+    unit = str(ds["time_unit"]) if isinstance(ds, Mapping) and "time_unit" in ds else time_key
+    return f"per {unit}" if unit != "index" else "per time step"
+
+
+def basis_key(adata, basis: str) -> str:
+    """``"umap"`` or ``"X_umap"`` -> ``"X_umap"`` (checked to exist); any other obsm key is accepted as it is."""
+    if not isinstance(basis, str):
+        raise TypeError(f"basis must be the name of an embedding (str), got {type(basis).__name__}.")
+    for cand in (basis if basis.startswith("X_") else f"X_{basis}", basis):
+        if cand in adata.obsm:
+            return cand
+    keys = ", ".join(map(repr, adata.obsm.keys())) or "none"
+    hint = " Compute it first, e.g. sc.pp.neighbors(adata); sc.tl.umap(adata)." if basis in ("umap", "X_umap") else ""
+    raise KeyError(f"Embedding {basis!r} is not in adata.obsm (keys: {keys}).{hint}")
+
+
+def basis_name(key: str) -> str:
+    return key[2:] if key.startswith("X_") else key
+
+
+def to_basis(adata, points: np.ndarray, *, use_rep: str, basis: str, n_neighbors: int = 15) -> np.ndarray:
+    """Place points given in the fitted representation onto a 2-d basis.
+
+    When ``basis`` is the fitted representation itself, its first two coordinates are used (exact). Otherwise each
+    point is placed at the distance-weighted mean basis position of its ``n_neighbors`` nearest observed cells in the
+    fitted representation (scikit-learn neighbours), which is how paths computed in PCA space are drawn on a UMAP.
+    """
+    bkey = basis_key(adata, basis)
+    pts = np.asarray(points, np.float64)
+    if bkey == use_rep:
+        return pts[..., :2]
+    from sklearn.neighbors import NearestNeighbors
+
+    ref = np.asarray(adata.obsm[use_rep] if use_rep != "X" else adata.X, np.float64)[:, : pts.shape[-1]]
+    emb = np.asarray(adata.obsm[bkey], np.float64)[:, :2]
+    flat = pts.reshape(-1, pts.shape[-1])
+    out = np.full((len(flat), 2), np.nan)
+    ok = np.isfinite(flat).all(1)
+    if ok.any():
+        k = min(n_neighbors, len(ref))
+        nn = NearestNeighbors(n_neighbors=k).fit(ref)
+        dist, idx = nn.kneighbors(flat[ok])
+        w = 1.0 / np.maximum(dist, 1e-12)
+        w /= w.sum(1, keepdims=True)
+        out[ok] = np.einsum("nk,nkc->nc", w, emb[idx])
+    return out.reshape(*pts.shape[:-1], 2)
+
+
+def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, **kwargs) -> None:
+    """Background cells with :func:`scanpy.pl.embedding`, labelling the colour bar it adds (if any)."""
+    import scanpy as sc
+
+    fig = ax.figure
+    before = set(fig.axes)
+    kw = {"frameon": False, "show": False}
+    if color is None:
+        kw["na_color"] = "#d9d9d9"
+    kw.update(kwargs)
+    sc.pl.embedding(adata, basis=basis, color=color, ax=ax, **kw)
+    label = cbar_label if cbar_label is not None else (color if isinstance(color, str) else None)
+    if label:
+        for cax in set(fig.axes) - before:
+            cax.set_ylabel(label, fontsize="small")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# colours
+# ---------------------------------------------------------------------------------------------------------------
+def default_palette(n: int) -> list[str]:
+    from scanpy.plotting import palettes
+
+    if n <= 20:
+        return list(palettes.default_20[:n])
+    if n <= 28:
+        return list(palettes.default_28[:n])
+    if n <= len(palettes.default_102):
+        return list(palettes.default_102[:n])
+    return ["#7f7f7f"] * n
+
+
+def category_colors(adata, key: str) -> dict[str, str]:
+    """Colours of the categories of ``obs[key]`` from ``uns[f"{key}_colors"]``; defaults are written back (scanpy)."""
+    from matplotlib.colors import is_color_like, to_hex
+
+    col = adata.obs[key]
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        raise TypeError(
+            f"adata.obs[{key!r}] must be categorical to colour by it; convert it with "
+            f"adata.obs[{key!r}] = adata.obs[{key!r}].astype('category')."
+        )
+    cats = [str(c) for c in col.cat.categories]
+    stored = adata.uns.get(f"{key}_colors")
+    if stored is not None and len(stored) >= len(cats) and all(is_color_like(c) for c in stored):
+        colors = [to_hex(c) for c in list(stored)[: len(cats)]]
+    else:
+        colors = default_palette(len(cats))
+        adata.uns[f"{key}_colors"] = np.asarray(colors, dtype=object)
+    return dict(zip(cats, colors, strict=True))
+
+
+def time_colors(times: np.ndarray, cmap: str = "viridis") -> tuple[dict[float, tuple], object]:
+    """One colour per time point on a continuous colormap (real time spacing), plus the normaliser."""
+    import matplotlib as mpl
+    from matplotlib.colors import Normalize
+
+    times = np.asarray(times, float)
+    norm = Normalize(vmin=float(times.min()), vmax=float(times.max()) if times.max() > times.min() else 1 + times.min())
+    cm = mpl.colormaps[cmap]
+    return {float(t): cm(norm(t)) for t in times}, norm
+
+
+def fmt_time(t: float) -> str:
+    return f"{t:g}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the scanpy return contract
+# ---------------------------------------------------------------------------------------------------------------
+def new_axes(ax=None, *, figsize=(4.5, 4.0)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    else:
+        fig = ax.figure
+    return fig, ax
+
+
+def check_save(save) -> Path | None:
+    if save is None:
+        return None
+    if isinstance(save, bool) or not isinstance(save, str | os.PathLike):
+        raise TypeError(f"save must be a file path such as 'figures/velocity.png', got {save!r}.")
+    path = Path(save)
+    if not path.suffix:
+        raise ValueError(f"save={str(save)!r} has no file extension; use e.g. {str(save)!r} + '.png' or '.pdf'.")
+    return path
+
+
+def finish(fig, axes, *, show: bool | None, save, return_fig: bool):
+    """scanpy's contract: save to ``save``; return the figure, nothing (when shown) or the axes."""
+    import matplotlib.pyplot as plt
+
+    from .._settings import settings
+
+    path = check_save(save)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, bbox_inches="tight")
+    if return_fig:
+        return fig
+    if show is None:
+        show = settings.autoshow
+    if show:
+        plt.show()
+        return None
+    return axes
+
+
+def check_common(show, return_fig, ax, save) -> None:
+    """Validate the contract arguments before any drawing (so a bad call leaves no half-drawn figure)."""
+    from matplotlib.axes import Axes
+
+    if show is not None and not isinstance(show, bool):
+        raise TypeError(f"show must be True, False or None, got {show!r}.")
+    if not isinstance(return_fig, bool):
+        raise TypeError(f"return_fig must be True or False, got {return_fig!r}.")
+    if ax is not None and not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}.")
+    check_save(save)
