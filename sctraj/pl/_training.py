@@ -178,6 +178,8 @@ def benchmark(
                    hatch="//" if is_ref else None, label=f"{time_label} {h:g}" if i == 0 else None)
             if len(vals) > 1:
                 ax.scatter(np.full(len(vals), x), vals, color="k", s=8, zorder=3)
+            ax.annotate(f"{vals.mean():.3g}", (x, vals.max()), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([REFERENCE_LABELS.get(m, m) for m in order], fontsize="small")
     ylab = {"W1": "W1 to held-out cells", "W2": "W2 to held-out cells", "MMD": "MMD to held-out cells",
