@@ -134,7 +134,10 @@ def mass_error(rec) -> float:
     t = np.asarray(m["time"], float)
     pred = np.asarray(m["predicted"], float)
     obs = np.asarray(m["observed"], float)
-    t_obs = np.asarray(m["observed_time"], float) if "observed_time" in m else t
+    if "observed_time" in m:
+        t_obs = np.asarray(m["observed_time"], float)
+    else:
+        t_obs = t if len(obs) == len(t) else np.asarray(rec["params"]["times"], float)
     ok = np.isfinite(obs) & (obs > 0) & (t_obs > t_obs.min())
     if not ok.any():
         return float("nan")

@@ -21,7 +21,12 @@ def _mass_record(adata, key: str) -> dict[str, np.ndarray]:
             f"methods). Re-run {GROWTH_HINT.format(key=key)}."
         )
     out = {k: np.asarray(m[k], float).ravel() for k in ("time", "predicted", "observed")}
-    out["observed_time"] = np.asarray(m["observed_time"], float).ravel() if "observed_time" in m else out["time"]
+    if "observed_time" in m:
+        out["observed_time"] = np.asarray(m["observed_time"], float).ravel()
+    elif len(out["observed"]) == len(out["time"]):
+        out["observed_time"] = out["time"]
+    else:  # observed at the fitted time points, predicted on a finer grid
+        out["observed_time"] = np.asarray(rec["params"]["times"], float).ravel()
     if len(out["predicted"]) != len(out["time"]) or len(out["observed"]) != len(out["observed_time"]):
         raise ValueError(f"adata.uns[{key!r}]['mass'] has arrays of mismatched lengths.")
     return out
@@ -43,8 +48,11 @@ def _group_masses(adata, key: str, groupby: str, m: dict[str, np.ndarray]) -> pd
     X = np.asarray(adata.obsm[use_rep], float)[:, :n_dims]
     end = np.asarray(adata.obsm[tkey], float)[:, -1]
     g = adata.obs[gkey].to_numpy(float)
-    obs_tot = np.interp(fitted, m["observed_time"], m["observed"])
-    pred_tot = np.interp(fitted, m["time"], m["predicted"])
+    ok = np.isfinite(m["observed"])
+    o_ord = np.argsort(m["observed_time"][ok])
+    obs_tot = np.interp(fitted, m["observed_time"][ok][o_ord], m["observed"][ok][o_ord])
+    p_ord = np.argsort(m["time"])
+    pred_tot = np.interp(fitted, m["time"][p_ord], m["predicted"][p_ord])
     rows = []
     for k, tv in enumerate(fitted):
         here = np.isclose(t, tv)

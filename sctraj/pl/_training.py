@@ -89,9 +89,13 @@ def training(
         use_log = log if log is not None else bool((y > 0).all())
         if use_log:
             a.set_yscale("log")
-            fmt = mticker.FuncFormatter(lambda v, _: f"{v:g}")
+            fmt = mticker.FuncFormatter(lambda v, _: f"{v:.3g}")
             a.yaxis.set_major_formatter(fmt)
-            a.yaxis.set_minor_formatter(mticker.NullFormatter())
+            if y.max() / y.min() < 100:  # less than two decades: label 2x and 5x ticks too
+                a.yaxis.set_minor_locator(mticker.LogLocator(subs=(2.0, 5.0)))
+                a.yaxis.set_minor_formatter(fmt)
+            else:
+                a.yaxis.set_minor_formatter(mticker.NullFormatter())
         a.set_xlabel("training step")
         a.set_ylabel(("loss" if name == "loss" else name) + (" (log scale)" if use_log else ""))
         a.spines[["top", "right"]].set_visible(False)

@@ -146,8 +146,8 @@ def marginals(
     """Predicted vs observed cells at each time point.
 
     One panel per target time point: the observed cells of that time (grey) and the cells predicted there by
-    pushing the previous time point's cells through the learned flow (coloured), on a 2-d view of the fitted
-    representation. Where the colours cover the grey, the model reproduces the snapshot.
+    pushing the previous time point's cells through the learned flow (red), on a 2-d view of the fitted
+    representation. Where the red cells cover the grey ones, the model reproduces the snapshot.
 
     Parameters
     ----------
@@ -243,7 +243,7 @@ def marginals(
         axs = axs[:n]
     else:
         fig, axs = ax.figure, [ax]
-    colors, _ = U.time_colors(np.array(list(preds) + [float(fitted.min())]))
+    pred_color = "#d6604d"
     view = np.asarray(adata.obsm[bkey], float)[:, :2]
     s = size if size is not None else max(2.0, 60000 / max(adata.n_obs, 1) ** 1.0 * 0.15)
     for a, (tv, (pts, w, src)) in zip(axs, sorted(preds.items()), strict=True):
@@ -259,14 +259,14 @@ def marginals(
         a.scatter(view[:, 0], view[:, 1], s=s * 0.5, c="#f0f0f0", edgecolors="none", rasterized=True)
         a.scatter(O[:, 0], O[:, 1], s=s, c="#8c8c8c", edgecolors="none", alpha=0.6, rasterized=True)
         sz = s if ww is None or np.allclose(ww, ww.mean()) else s * ww / ww.mean()
-        a.scatter(P[:, 0], P[:, 1], s=sz, color=colors[tv], edgecolors="none", alpha=0.6, rasterized=True)
+        a.scatter(P[:, 0], P[:, 1], s=sz, color=pred_color, edgecolors="none", alpha=0.6, rasterized=True)
         src_txt = f" from {time_key} {U.fmt_time(src)}" if np.isfinite(src) else ""
         held = any(np.isclose(tv, x) for x in np.asarray(rec["params"].get("excluded_times", []), float))
         a.set_title(f"{time_key} {U.fmt_time(tv)}" + (" (held out)" if held else ""), fontsize="medium")
         a.legend(
             handles=[
                 Line2D([], [], ls="", marker="o", color="#8c8c8c", label=f"observed ({obs_m.sum()} cells)"),
-                Line2D([], [], ls="", marker="o", color=colors[tv], label=f"predicted{src_txt}"),
+                Line2D([], [], ls="", marker="o", color=pred_color, label=f"predicted{src_txt}"),
             ],
             loc="best", fontsize="x-small", frameon=False, markerscale=1.5,
         )
