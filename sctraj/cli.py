@@ -271,9 +271,11 @@ def cmd_demo(args) -> int:
     fast = args.fast or fast_mode()
     n_steps = args.n_steps if args.n_steps is not None else (150 if fast else None)
     adata = sctraj.datasets.hematopoiesis()
-    if fast:
+    max_cells = args.max_cells if args.max_cells is not None else (3000 if fast else None)
+    subsampled = max_cells is not None and max_cells < adata.n_obs
+    if subsampled:
         rng = np.random.default_rng(0)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 3000, replace=False))].copy()
+        adata = adata[np.sort(rng.choice(adata.n_obs, max_cells, replace=False))].copy()
     methods, skipped = demo_methods(adata, args.methods)
     if not methods:
         raise UsageError("No method applies to the demo data: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -281,7 +283,7 @@ def cmd_demo(args) -> int:
     figdir = out / "figures"
     settings.verbosity = "warning"
     print(f"sctraj demo: hematopoiesis (Weinreb et al. 2020), {adata.n_obs} cells, days 2/4/6, embedding X_emb"
-          + (" [SCTRAJ_FAST: subsampled, few steps]" if fast else ""))
+          + (" [quick run: subsampled and/or few steps]" if fast or subsampled else ""))
     for m, why in skipped.items():
         print(f"  skipping {m}: {why}")
     fits: dict[str, dict] = {}
@@ -324,7 +326,8 @@ def cmd_demo(args) -> int:
         "",
         f"{adata.n_obs} cells, days 2, 4, 6, 2-d embedding `X_emb`; sctraj {sctraj.__version__}; "
         f"training steps: {'method defaults' if n_steps is None else n_steps}"
-        + (" (SCTRAJ_FAST quick run on a 3,000-cell subsample: numbers are not representative)" if fast else "") + ".",
+        + (f" (quick run on a {adata.n_obs}-cell subsample: numbers are not representative)" if subsampled else "")
+        + ".",
         "",
         "- **W1 / W2 (held-out)**: leave-one-out, fit without day 4, push every day-2 cell to day 4 (100 Euler steps), "
         "exact Wasserstein distance to the observed day-4 cells (lower is better). `no_movement` and "
@@ -399,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", nargs="+", help="subset of methods (default: every registered one that applies)")
     d.add_argument("--n-steps", type=int, help="training steps for every method (default: each method's own)")
     d.add_argument("--fast", action="store_true", help="quick run (same as SCTRAJ_FAST=1)")
+    d.add_argument("--max-cells", type=int, help="subsample the data to this many cells (3000 in a quick run)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
@@ -413,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    for name in ("n_steps", "n_dims", "batch_size"):
+    for name in ("n_steps", "n_dims", "batch_size", "max_cells"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")
