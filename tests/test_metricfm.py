@@ -1,0 +1,138 @@
+"""Metric Flow Matching: metrics, learned interpolant, save/load, user-facing paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+import sctraj
+from sctraj.engine.metrics import LANDMetric, RBFMetric, resolve_metric
+from sctraj.models.metricfm import GeodesicInterpolant, MetricFMConfig
+
+
+def _ring(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    th = rng.uniform(0, 2 * np.pi, n)
+    r = 1 + 0.03 * rng.standard_normal(n)
+    return np.c_[r * np.cos(th), r * np.sin(th)].astype(np.float32)
+
+
+def test_rbf_metric_is_one_on_data_and_small_off_manifold():
+    X = _ring()
+    m = RBFMetric(2, 30, kappa=1.0).fit(X, np.random.default_rng(0))
+    h_on = m.h(torch.as_tensor(X))[:, 0].numpy()
+    assert abs(np.median(h_on) - 1) < 0.15
+    off = torch.tensor([[0.0, 0.0], [0.3, -0.2], [3.0, 3.0]])
+    h_off = m.h(off)[:, 0].numpy()
+    assert (h_off < 0.1).all()
+    G_on, G_off = m.inverse_h(torch.as_tensor(X)).median(), m.inverse_h(off).min()
+    assert G_off > 10 * G_on
+    # the metric is diagonal with the same entry in every dimension
+    np.testing.assert_allclose(m.inverse_h(off)[:, 0], m.inverse_h(off)[:, 1])
+
+
+def test_land_metric_matches_definition_and_prefers_data():
+    X = _ring(200)
+    m = LANDMetric(2, 200, gamma=0.2, eps=1e-3).fit(X, np.random.default_rng(0))
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5]])
+    L = torch.as_tensor(X)
+    w = torch.exp(-((x[:, None] - L[None]) ** 2).sum(-1) / (2 * 0.2**2))
+    h_ref = torch.einsum("bn,bnd->bd", w, (L[None] - x[:, None]) ** 2)
+    torch.testing.assert_close(m.h(x), h_ref, rtol=1e-3, atol=1e-5)
+    G = m.inverse_h(x)
+    assert G[0].max() < G[1].min() / 10  # on the ring cheap, in the middle expensive
+    # subsampled landmarks are rescaled to estimate the full-data sum
+    m2 = LANDMetric(2, 100, gamma=0.2).fit(X, np.random.default_rng(0))
+    assert float(m2.scale) == pytest.approx(2.0)
+
+
+def test_resolve_metric():
+    assert resolve_metric("auto", 5, 10) == "land"
+    assert resolve_metric("auto", 50, 10) == "rbf"
+    assert resolve_metric("rbf", 2, 10) == "rbf"
+    with pytest.raises(ValueError, match="metric must be one of"):
+        resolve_metric("euclid", 2, 10)
+
+
+def test_interpolant_hits_endpoints_and_velocity_is_exact():
+    torch.manual_seed(0)
+    f = GeodesicInterpolant(3, width=16, depth=2, act="selu")
+    for p in f.parameters():  # make the correction large so the test is not trivial
+        p.data.mul_(3)
+    x0, x1 = torch.randn(7, 3), torch.randn(7, 3)
+    t0, dt = torch.full((7,), 0.2), torch.full((7,), 0.5)
+    for s0 in (0.0, 1.0):
+        s = torch.full((7,), s0)
+        torch.testing.assert_close(f(x0, x1, s, t0 + s * dt), x0 if s0 == 0 else x1)
+    s = torch.rand(7, dtype=torch.float64)
+    f64 = f.double()
+    X0, X1, T0, DT = x0.double(), x1.double(), t0.double(), dt.double()
+    xt, ut = f64.point_and_velocity(X0, X1, s, T0, DT)
+    h = 1e-6
+    fd = (f64(X0, X1, s + h, T0 + (s + h) * DT) - f64(X0, X1, s - h, T0 + (s - h) * DT)) / (2 * h)
+    torch.testing.assert_close(ut, fd, rtol=1e-6, atol=1e-6)
+    mid = f64(X0, X1, torch.full((7,), 0.5, dtype=torch.float64), T0 + 0.5 * DT)
+    assert (mid - 0.5 * (X0 + X1)).abs().max() > 1e-2  # it does bend
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        MetricFMConfig(coupling="sinkhorn")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        MetricFMConfig(metric="l2")
+    with pytest.raises(TypeError, match="Unknown parameter"):
+        sctraj.tl.fit_flow(_adata(), "time", method="metricfm", land_gama=0.1, **TINY)
+
+
+def _adata():
+    a = sctraj.datasets.simulate(n_cells=60, times=(0.0, 1.0, 2.5), n_dims=3, random_state=0)
+    a.obsm["X_pca"] = a.obsm["X_sim"].copy()
+    return a
+
+
+@pytest.mark.parametrize("extra", [{"metric": "rbf", "rbf_n_centers": 8},
+                                   {"coupling": "independent"}])
+def test_rbf_and_independent_roundtrip(extra, tmp_path):
+    a = _adata()
+    model = sctraj.tl.fit_flow(a, "time", method="metricfm", **TINY, **extra)
+    rec = a.uns["sctraj"]
+    assert rec["metric"] == extra.get("metric", "land")
+    assert np.isfinite(rec["history"]["geopath_loss"]).all() and len(rec["history"]["geopath_loss"]) == 5
+    model.save(tmp_path / "m.pt")
+    m2 = sctraj.tl.load_model(tmp_path / "m.pt")
+    X = a.obsm["X_pca"][:10]
+    np.testing.assert_array_equal(model.velocity(X, 0.5), m2.velocity(X, 0.5))
+    # the data-dependent metric and the interpolant are restored too
+    for k in range(2):
+        x = torch.randn(5, 3)
+        torch.testing.assert_close(model.method.metrics[k].inverse_h(x), m2.method.metrics[k].inverse_h(x))
+    p1 = sctraj.tl.metric_paths(a, model, 0.0, 1.0, n_cells=5, n_grid=4)
+    p2 = sctraj.tl.metric_paths(a, m2, 0.0, 1.0, n_cells=5, n_grid=4)
+    np.testing.assert_array_equal(p1.obsm["X_pca"], p2.obsm["X_pca"])
+
+
+def test_metric_paths_join_the_snapshots_and_validate():
+    a = _adata()
+    model = sctraj.tl.fit_flow(a, "time", method="metricfm", **TINY)
+    before = set(a.obsm) | set(a.obs.columns)
+    p = sctraj.tl.metric_paths(a, model, 1.0, 2.5, n_cells=12, n_grid=6)
+    assert p.n_obs == 12 * 6 and p.obsm["X_pca"].shape == (72, 3)
+    assert sorted(set(p.obs["path"])) == list(range(12))
+    np.testing.assert_allclose(sorted(set(p.obs["time"])), np.linspace(1.0, 2.5, 6))
+    X = a.obsm["X_pca"]
+    start = p.obs["time"] == 1.0
+    end = p.obs["time"] == 2.5
+    np.testing.assert_allclose(p.obsm["X_pca"][start.to_numpy()], X[a.obs_names.get_indexer(p.obs["source_cell"][start])],
+                               atol=1e-5)
+    np.testing.assert_allclose(p.obsm["X_pca"][end.to_numpy()], X[a.obs_names.get_indexer(p.obs["target_cell"][end])],
+                               atol=1e-5)
+    assert set(a.obsm) | set(a.obs.columns) == before
+    with pytest.raises(ValueError, match="consecutive"):
+        sctraj.tl.metric_paths(a, model, 0.0, 2.5)
+    with pytest.raises(ValueError, match="n_grid"):
+        sctraj.tl.metric_paths(a, model, 0.0, 1.0, n_grid=1)
+    other = sctraj.tl.fit_flow(_adata(), "time", method="otcfm", **TINY)
+    with pytest.raises(ValueError, match="metricfm"):
+        sctraj.tl.metric_paths(a, other, 0.0, 1.0)
