@@ -34,7 +34,14 @@ def doc_params(**kwds):
     """Fill ``{name}`` placeholders of a docstring (scanpy's ``_doc_params`` idea)."""
 
     def deco(fn):
-        fn.__doc__ = fn.__doc__.format(**kwds) if fn.__doc__ else fn.__doc__
+        doc = fn.__doc__
+        if doc:
+            vals = {}
+            for name, text in kwds.items():
+                # continuation lines get the indentation of the line holding the placeholder
+                indent = next((ln[: len(ln) - len(ln.lstrip())] for ln in doc.splitlines() if f"{{{name}}}" in ln), "")
+                vals[name] = text.replace("\n", "\n" + indent)
+            fn.__doc__ = doc.format(**vals)
         return fn
 
     return deco
