@@ -2,5 +2,6 @@
 
 from ._loaders import eb, hematopoiesis, ipsc
 from ._simulate import simulate
+from ._simulate_populations import simulate_populations, true_flow
 
-__all__ = ["hematopoiesis", "eb", "ipsc", "simulate"]
+__all__ = ["hematopoiesis", "eb", "ipsc", "simulate", "simulate_populations", "true_flow"]

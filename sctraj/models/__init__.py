@@ -1,6 +1,7 @@
 """Method registry and networks (imports torch; ``import sctraj`` does not import this package)."""
 
 from . import cfm  # noqa: F401  (registers icfm, otcfm, sbcfm)
+from . import metafm  # noqa: F401  (registers metafm)
 from . import metricfm  # noqa: F401  (registers metricfm)
 from ._base import BaseMethod, FitData, MethodConfig
 from ._model import TrajectoryModel, resolve_device
