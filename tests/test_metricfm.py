@@ -122,12 +122,10 @@ def test_metric_paths_join_the_snapshots_and_validate():
     assert sorted(set(p.obs["path"])) == list(range(12))
     np.testing.assert_allclose(sorted(set(p.obs["time"])), np.linspace(1.0, 2.5, 6))
     X = a.obsm["X_pca"]
-    start = p.obs["time"] == 1.0
-    end = p.obs["time"] == 2.5
-    np.testing.assert_allclose(p.obsm["X_pca"][start.to_numpy()], X[a.obs_names.get_indexer(p.obs["source_cell"][start])],
-                               atol=1e-5)
-    np.testing.assert_allclose(p.obsm["X_pca"][end.to_numpy()], X[a.obs_names.get_indexer(p.obs["target_cell"][end])],
-                               atol=1e-5)
+    for when, col in ((1.0, "source_cell"), (2.5, "target_cell")):
+        sel = (p.obs["time"] == when).to_numpy()
+        ends = X[a.obs_names.get_indexer(p.obs[col][sel])]
+        np.testing.assert_allclose(p.obsm["X_pca"][sel], ends, atol=1e-5)
     assert set(a.obsm) | set(a.obs.columns) == before
     with pytest.raises(ValueError, match="consecutive"):
         sctraj.tl.metric_paths(a, model, 0.0, 2.5)
