@@ -29,5 +29,19 @@ lint: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
+DOC_STAMP := $(VENV)/.sctraj-doc-installed
+
+$(DOC_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[doc]"
+	touch $(DOC_STAMP)
+
+# HTML docs, offline (no intersphinx), warnings are errors; tutorials are rendered from their committed outputs
+docs: $(DOC_STAMP)
+	SCTRAJ_DOCS_OFFLINE=1 $(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+# re-execute every tutorial notebook (quick settings; the committed outputs are not overwritten)
+tutorials: install
+	SCTRAJ_FAST=1 MPLBACKEND=agg $(PY) -m pytest -q --nbmake --nbmake-timeout=900 tutorials/
+
 clean:
-	rm -rf $(VENV) sctraj_demo docs/_build
+	rm -rf $(VENV) sctraj_demo docs/_build docs/generated docs/tutorials
