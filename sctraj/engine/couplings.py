@@ -5,10 +5,14 @@ Plans are solved on random *blocks* of at most ``block_size`` cells per side, so
 exact full-data plan and is solved once; otherwise a new pair of blocks is drawn every ``refresh`` training steps,
 which is minibatch OT (Fatras et al. 2020; Tong et al. 2023) with a larger minibatch, solved less often. The next
 plan is prepared in a background thread while the network trains (POT's network simplex releases the GIL).
+
+Nothing here is ever larger than ``block_size**2``: a fixed full-data plan is stored once as its non-zero entries
+and their cumulative mass, so drawing pairs costs ``O(n log nnz)`` per refill, not a pass over the plan.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,8 +59,10 @@ def entropic_plan(
 class Pairs:
     """Index pairs into the two snapshots, with the relative row mass of each source cell under the plan.
 
-    ``row_mass`` is ``n0 * plan.sum(1)[i0]`` (1 for balanced plans): how many "cells worth" of mass the source cell
-    sends, the quantity growth-aware methods regress on.
+    ``row_mass`` is the plan's row sum of each source cell relative to its share ``a_i / sum(a)`` of the source marginal
+    (1 for balanced plans); with ``PairSampler(..., row_mass="cell")`` it is relative to one cell's uniform share
+    ``1 / n`` of the block instead (``n * plan.sum(1)[i0]``): how many "cells worth" of mass the source cell sends, the
+    quantity growth-aware methods regress on when ``a`` is a prior rather than a sampling weight.
     """
 
     i0: np.ndarray
@@ -64,14 +70,29 @@ class Pairs:
     row_mass: np.ndarray
 
 
+class PlanTable:
+    """The non-zero entries of a plan and their cumulative mass, for repeated pair draws."""
+
+    def __init__(self, plan: np.ndarray) -> None:
+        flat = np.asarray(plan, np.float64).ravel()
+        self.nz = np.flatnonzero(flat > 0)
+        if len(self.nz) == 0:
+            raise ValueError("The coupling plan has no positive entry (numerical failure of the OT solver).")
+        cdf = np.cumsum(flat[self.nz])
+        self.cdf = cdf / cdf[-1]
+        self.n_cols = plan.shape[1]
+        self.rows = np.asarray(plan).sum(1)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        # inverse-CDF draw, the same law as rng.choice(len(nz), p=...) without re-normalising every call
+        k = np.searchsorted(self.cdf, rng.random(n), side="right")
+        np.minimum(k, len(self.nz) - 1, out=k)
+        return np.divmod(self.nz[k], self.n_cols)
+
+
 def sample_pairs(plan: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n`` index pairs ``(i, j)`` with probability proportional to ``plan[i, j]``."""
-    flat = np.asarray(plan, np.float64).ravel()
-    nz = np.flatnonzero(flat > 0)
-    p = flat[nz]
-    p = p / p.sum()
-    pick = nz[rng.choice(len(nz), size=n, p=p)]
-    return np.divmod(pick, plan.shape[1])
+    return PlanTable(plan).sample(n, rng)
 
 
 class PairSampler:
@@ -96,6 +117,9 @@ class PairSampler:
         Optional per-cell source / target weights (e.g. prior growth).
     background
         Prepare the next plan in a worker thread.
+    row_mass
+        Unit of :attr:`Pairs.row_mass`: ``"share"`` (relative to the cell's share of ``a``) or ``"cell"`` (relative to a
+        uniform ``1 / n`` share of the source block, so plans whose rows do not sum to ``a`` report growth).
     """
 
     def __init__(
@@ -111,7 +135,11 @@ class PairSampler:
         a: np.ndarray | None = None,
         b: np.ndarray | None = None,
         background: bool = True,
+        row_mass: str = "share",
     ) -> None:
+        if row_mass not in ("share", "cell"):
+            raise ValueError(f"row_mass must be 'share' or 'cell', got {row_mass!r}.")
+        self.row_mass_unit = row_mass
         self.x0, self.x1 = x0, x1
         self.n0, self.n1 = len(x0), len(x1)
         self.a = np.ones(self.n0) if a is None else np.asarray(a, np.float64)
@@ -125,7 +153,7 @@ class PairSampler:
         self.refresh = max(int(refresh), 1) if not self.single_block else 200
         self._cache: Pairs | None = None
         self._pos = 0
-        self._plan_full: np.ndarray | None = None
+        self._plan_full: PlanTable | None = None
         self._pool = ThreadPoolExecutor(1) if (background and plan_fn is not None) else None
         self._future: Future | None = None
         if self._pool is not None:
@@ -145,17 +173,19 @@ class PairSampler:
             return Pairs(i0, i1, np.ones(n))
         if self.single_block:
             if self._plan_full is None:
-                self._plan_full = self.plan_fn(self.x0, self.x1, self.a, self.b)
-            plan, b0, b1 = self._plan_full, np.arange(self.n0), np.arange(self.n1)
+                self._plan_full = PlanTable(self.plan_fn(self.x0, self.x1, self.a, self.b))
+            table, b0, b1 = self._plan_full, None, None
+            a_blk = self.a
         else:
             b0, b1 = self._block(self.n0, self.block_size), self._block(self.n1, self.block_size)
-            plan = self.plan_fn(self.x0[b0], self.x1[b1], self.a[b0], self.b[b1])
-        r, c = sample_pairs(plan, n, self.rng)
-        rows = np.asarray(plan).sum(1)
-        # mass sent by each source cell relative to its share a_i / sum(a) of the source marginal
-        share = self.a[b0] / self.a[b0].sum()
-        row_mass = rows[r] / np.maximum(share[r], 1e-300)
-        return Pairs(b0[r], b1[c], row_mass)
+            table = PlanTable(self.plan_fn(self.x0[b0], self.x1[b1], self.a[b0], self.b[b1]))
+            a_blk = self.a[b0]
+        r, c = table.sample(n, self.rng)
+        # mass sent by each source cell relative to its share a_i / sum(a) of the source marginal ("share") or to a
+        # uniform 1 / n share of the block ("cell")
+        share = a_blk[r] / a_blk.sum() if self.row_mass_unit == "share" else np.full(n, 1.0 / len(a_blk))
+        row_mass = table.rows[r] / np.maximum(share, 1e-300)
+        return Pairs(r if b0 is None else b0[r], c if b1 is None else b1[c], row_mass)
 
     def _refill(self) -> None:
         if self._pool is not None:
@@ -176,6 +206,23 @@ class PairSampler:
         self._pos += self.batch_size
         return Pairs(self._cache.i0[s], self._cache.i1[s], self._cache.row_mass[s])
 
+    def take(self, n: int) -> Pairs:
+        """The next ``n`` pairs (any number; spans plan refreshes). ``take(batch_size)`` equals :meth:`next`."""
+        parts: list[Pairs] = []
+        need = int(n)
+        while need > 0:
+            if self._cache is None or self._pos >= len(self._cache.i0):
+                self._refill()
+            assert self._cache is not None
+            m = min(need, len(self._cache.i0) - self._pos)
+            s = slice(self._pos, self._pos + m)
+            parts.append(Pairs(self._cache.i0[s], self._cache.i1[s], self._cache.row_mass[s]))
+            self._pos += m
+            need -= m
+        if len(parts) == 1:
+            return parts[0]
+        return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("i0", "i1", "row_mass")))
+
     def close(self) -> None:
         if self._pool is not None:
             if self._future is not None:
@@ -184,7 +231,5 @@ class PairSampler:
             self._pool = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass

@@ -1,13 +1,52 @@
-"""One training loop for every method: AdamW, a tqdm progress bar, NaN detection, loss history."""
+"""One training loop for every method: AdamW, a tqdm progress bar, NaN detection, loss history.
+
+The loop is built for small networks trained for many cheap steps, where Python and synchronisation overhead, not
+arithmetic, set the speed:
+
+* losses stay on the device and are copied to the history every ``sync_every`` steps (one host transfer instead of
+  one per step; on a GPU a per-step ``float(loss)`` would stall the queue);
+* AdamW uses the fused kernel where torch provides it (one kernel for all parameters instead of one per tensor);
+* on CPU, training runs with ``num_threads`` intra-op threads (``1`` for the methods' MLPs): a width-64 network on a
+  few hundred cells gains nothing from threading, and on a shared or oversubscribed CPU the extra threads spin-wait
+  and slow every step by 10x or more (``benchmarks/results/throughput.md``). Torch's setting is restored afterwards.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
 LossFn = Callable[[int], dict[str, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting), then restore it."""
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {n!r}.")
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused when every parameter is a floating tensor on a device with a fused kernel."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) and len(params) > 0
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def train(
@@ -22,34 +61,55 @@ def train(
     grad_clip: float | None = None,
     history: dict[str, list[float]] | None = None,
     prefix: str = "",
+    sync_every: int = 50,
+    num_threads: int | None = None,
 ) -> dict[str, list[float]]:
     """Minimise ``loss_fn(step)["loss"]`` for ``n_steps`` AdamW steps.
 
     ``loss_fn`` returns a dict of scalar tensors; ``"loss"`` is minimised and every entry is logged (per step) in
-    the returned history under ``prefix + name``. A non-finite loss stops training with a ``FloatingPointError``.
+    the returned history under ``prefix + name``. A non-finite loss stops training with a ``FloatingPointError``
+    naming the first bad step (detected at most ``sync_every`` steps late). ``num_threads`` sets torch's CPU threads
+    for the duration of training (``None`` keeps the current setting).
     """
     from tqdm.auto import tqdm
 
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(params, lr, weight_decay)
     history = {} if history is None else history
-    bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
-    for step in bar:
-        out = loss_fn(step)
-        loss = out["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        vals = {k: float(v.detach()) for k, v in out.items()}
-        if not math.isfinite(vals["loss"]):
-            raise FloatingPointError(
-                f"{desc}: the loss became {vals['loss']} at step {step}. Lower the learning rate (lr=..., now {lr}) "
-                "or check the scale of the embedding (very large values? try sctraj.pp.scale_embedding)."
-            )
-        for k, v in vals.items():
-            history.setdefault(prefix + k, []).append(v)
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{vals['loss']:.4g}", refresh=False)
+    sync_every = max(int(sync_every), 1)
+    pending: list[dict[str, torch.Tensor]] = []
+    last = {"loss": float("nan")}
+
+    def flush(step: int) -> None:
+        if not pending:
+            return
+        keys = list(pending[0])
+        cols = {k: torch.stack([o[k].reshape(()) for o in pending]).float().cpu().tolist() for k in keys}
+        first = step - len(pending) + 1
+        for i, v in enumerate(cols["loss"]):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"{desc}: the loss became {v} at step {first + i}. Lower the learning rate (lr=..., now {lr}) "
+                    "or check the scale of the embedding (very large values? try sctraj.pp.scale_embedding)."
+                )
+        for k in keys:
+            history.setdefault(prefix + k, []).extend(cols[k])
+        last["loss"] = cols["loss"][-1]
+        pending.clear()
+
+    with cpu_threads(num_threads):
+        bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
+        for step in bar:
+            out = loss_fn(step)
+            loss = out["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            pending.append({k: v.detach() for k, v in out.items()})
+            if len(pending) >= sync_every or step == n_steps - 1:
+                flush(step)
+                if progress:
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
     return history

@@ -1,0 +1,139 @@
+"""Leave-one-out W1 and fit time: sctraj's icfm / otcfm / sbcfm (defaults) vs torchcfm 1.0.7 (runner settings).
+
+Issue 2, section 6. Splits: EB (first 5 PCs standardised, held-out days 7.5, 13.5, 19.5) and hematopoiesis
+(``X_emb``, held-out day 4). torchcfm runs in ``benchmarks/_venvs/torchcfm`` (torch==2.13.0, torchcfm==1.0.7) via
+``_torchcfm_runner.py`` with its runner's settings: 3x64 SELU MLP, AdamW 1e-3 (weight decay 1e-5), batch 256,
+sigma 0.1, 5000 steps, 100 Euler steps. sctraj runs ``fit_flow`` with no setting changed. Both predictions are
+scored with ``sctraj.tl.evaluate`` on the same held-out cells. Each split runs the peer then sctraj back to back,
+so both see the same machine load; CPU seconds (all threads of the process) are reported next to wall seconds
+because the shared machine's wall time is noisy. Both sides use one torch CPU thread.
+
+Run: ``python benchmarks/bench_torchcfm.py [--quick] [--seeds 0 1] [--splits 0 1] [--reuse-peer] [--report]``
+(``--splits`` runs a subset of the four splits and stores its rows in ``benchmarks/_work``; ``--report`` writes the
+table from every stored row; ``--reuse-peer`` reuses stored torchcfm fits, which do not depend on sctraj).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+
+import numpy as np
+from _common import HERE, WORK, peer_python, table, write_result
+
+METHODS = ("icfm", "otcfm", "sbcfm")
+
+
+def splits(quick: bool):
+    import sctraj
+
+    eb = sctraj.datasets.eb()
+    sctraj.pp.scale_embedding(eb, use_rep="X_pca", n_dims=5)
+    out = [("EB", eb, "day", "X_pca_scaled", h) for h in ((13.5,) if quick else (7.5, 13.5, 19.5))]
+    hm = sctraj.datasets.hematopoiesis()
+    out.append(("hematopoiesis", hm, "day", "X_emb", 4.0))
+    return out
+
+
+def run_torchcfm(py, ad, time_key, rep, heldout, method, seed, n_steps, tag):
+    t = ad.obs[time_key].to_numpy()
+    times = np.unique(t)
+    X = ad.obsm[rep]
+    WORK.mkdir(exist_ok=True)
+    inp, out = WORK / f"tcfm_{tag}.npz", WORK / f"tcfm_{tag}.json"
+    arrays = {f"X_{k}": np.asarray(X[t == s], np.float32) for k, s in enumerate(times)}
+    np.savez(inp, n_times=len(times), heldout=int(np.flatnonzero(np.isclose(times, heldout))[0]), method=method,
+             seed=seed, n_steps=n_steps, batch_size=256, threads=1, **arrays)
+    subprocess.run([str(py), str(HERE / "_torchcfm_runner.py"), str(inp), str(out)], check=True)
+    res = json.loads(out.read_text())
+    res["pred"] = np.load(str(out).replace(".json", ".npy"))
+    return res
+
+
+def run_sctraj(ad, time_key, rep, heldout, method, seed):
+    import sctraj
+
+    t = ad.obs[time_key].to_numpy()
+    times = np.unique(t)
+    prev = times[np.flatnonzero(np.isclose(times, heldout))[0] - 1]
+    work = ad.copy()
+    c0 = time.process_time()
+    model = sctraj.tl.fit_flow(work, time_key, method=method, use_rep=rep, exclude_times=heldout, random_state=seed,
+                               progress=False, trajectory_n_grid=0)
+    cpu = time.process_time() - c0
+    pred = model.push(ad.obsm[rep][np.isclose(t, prev)], prev, heldout, n_steps=100)[0]
+    return {"fit_seconds": float(model.setup["fit_seconds"]), "fit_cpu_seconds": cpu,
+            "n_steps": int(model.setup["n_steps"]), "pred": pred}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one EB split + hematopoiesis, 1000 torchcfm steps")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--splits", type=int, nargs="+", default=None)
+    ap.add_argument("--reuse-peer", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only write the table from the stored rows")
+    args = ap.parse_args()
+    import sctraj
+
+    py = peer_python("torchcfm", "torchcfm==1.0.7")
+    n_peer = 1000 if args.quick else 5000
+    WORK.mkdir(exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    all_splits = splits(args.quick)
+    chosen = range(len(all_splits)) if args.splits is None else args.splits
+    for i in ([] if args.report else chosen):
+        name, ad, tk, rep, h = all_splits[i]
+        X_true = ad.obsm[rep][np.isclose(ad.obs[tk].to_numpy(), h)]
+        for m in args.methods:
+            for s in args.seeds:
+                tag = f"{name}_{h:g}_{m}_{s}{suffix}"
+                cached = WORK / f"tcfm_{tag}.json"
+                if args.reuse_peer and cached.exists():
+                    peer = json.loads(cached.read_text())
+                    peer["pred"] = np.load(str(cached).replace(".json", ".npy"))
+                else:
+                    peer = run_torchcfm(py, ad, tk, rep, h, m, s, n_peer, tag)
+                ours = run_sctraj(ad, tk, rep, h, m, s)
+                w_peer = sctraj.tl.evaluate(peer["pred"], X_true, random_state=s)["W1"]
+                w_ours = sctraj.tl.evaluate(ours["pred"], X_true, random_state=s)["W1"]
+                row = {"dataset": name, "heldout": f"{h:g}", "method": m, "seed": s,
+                       "W1 torchcfm": w_peer, "W1 sctraj": w_ours, "W1 ratio": w_ours / w_peer,
+                       "fit s torchcfm": peer["fit_seconds"], "fit s sctraj": ours["fit_seconds"],
+                       "CPU s torchcfm": peer["fit_cpu_seconds"], "CPU s sctraj": ours["fit_cpu_seconds"],
+                       "CPU ratio": ours["fit_cpu_seconds"] / peer["fit_cpu_seconds"],
+                       "steps": f"{peer['n_steps']} / {ours['n_steps']}"}
+                (WORK / f"row_{tag}.json").write_text(json.dumps(row))
+                print(row, flush=True)
+    rows = [json.loads((WORK / f"row_{name}_{h:g}_{m}_{s}{suffix}.json").read_text())
+            for name, _, _, _, h in all_splits for m in args.methods for s in args.seeds
+            if (WORK / f"row_{name}_{h:g}_{m}_{s}{suffix}.json").exists()]
+    if not rows:
+        return
+    cols = ["dataset", "heldout", "method", "seed", "W1 torchcfm", "W1 sctraj", "W1 ratio", "fit s torchcfm",
+            "fit s sctraj", "CPU s torchcfm", "CPU s sctraj", "CPU ratio", "steps"]
+    f = {c: ".3f" for c in cols if c.startswith("W1")} | {c: ".1f" for c in cols if " s " in c} | {"CPU ratio": ".3f"}
+    body = table(rows, cols, f)
+    summ = []
+    for m in args.methods:
+        r = [x for x in rows if x["method"] == m]
+        summ.append({"method": m, "mean W1 torchcfm": np.mean([x["W1 torchcfm"] for x in r]),
+                     "mean W1 sctraj": np.mean([x["W1 sctraj"] for x in r]),
+                     "mean W1 ratio": np.mean([x["W1 ratio"] for x in r]),
+                     "total CPU ratio": sum(x["CPU s sctraj"] for x in r) / sum(x["CPU s torchcfm"] for x in r),
+                     "total wall ratio": sum(x["fit s sctraj"] for x in r) / sum(x["fit s torchcfm"] for x in r)})
+    body += "\n\nSummary (ratio = sctraj / torchcfm; below 1 is better for sctraj):\n\n" + table(
+        summ, list(summ[0]), {k: ".3f" for k in summ[0] if k != "method"})
+    notes = ("Fit seconds exclude prediction. 'steps' = torchcfm / sctraj training steps; torchcfm trains 256 pairs "
+             "per step over all intervals with a fresh 256x256 plan per interval per step, sctraj's defaults are in "
+             "`sctraj/models/cfm.py`. torchcfm's sbcfm uses its Sinkhorn plan (the runner's sbcfm config). "
+             "Both sides use 1 torch CPU thread (see throughput.md for why).")
+    write_result("torchcfm" + ("_quick" if args.quick else ""),
+                 "Leave-one-out vs torchcfm 1.0.7 (issue 2, section 6)", body, notes)
+
+
+if __name__ == "__main__":
+    main()
