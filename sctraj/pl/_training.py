@@ -47,7 +47,7 @@ def training(
     smooth
         Moving-average window in steps (about 2% of the steps by default).
     log
-        Logarithmic loss axis; by default when every value is positive.
+        Logarithmic loss axis; by default when every value is positive and they span more than a factor of 10.
     {show_save_ax}
         With ``ax``, every quantity is drawn into that one axes.
 
@@ -86,7 +86,7 @@ def training(
         x = np.arange(1, len(y) + 1)
         a.plot(x, y, color=col, alpha=0.25, lw=0.8)
         a.plot(x, _smooth(y, int(w)), color=col, lw=1.8, label=name)
-        use_log = log if log is not None else bool((y > 0).all())
+        use_log = log if log is not None else bool((y > 0).all() and y.max() > 10 * y.min())
         if use_log:
             a.set_yscale("log")
             fmt = mticker.FuncFormatter(lambda v, _: f"{v:.3g}")
@@ -99,6 +99,7 @@ def training(
         a.set_xlabel("training step")
         a.set_ylabel(("loss" if name == "loss" else name) + (" (log scale)" if use_log else ""))
         a.spines[["top", "right"]].set_visible(False)
+        a.grid(False)
         if ax is None:
             a.set_title(f"{name} ({method})" if name != "loss" else f"training loss ({method})", fontsize="medium")
     if ax is not None:
