@@ -27,7 +27,7 @@ lint: install
 	$(PY) -m ruff check sctraj tests benchmarks
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 DOC_STAMP := $(VENV)/.sctraj-doc-installed
 

@@ -1,13 +1,12 @@
 """Couplings between two snapshots: independent, exact OT and entropic OT (via POT), and pair sampling.
 
-Plans are solved on random *blocks* of at most ``block_size`` cells per side, so memory stays bounded
-(``block_size**2`` floats) whatever the number of cells. When both snapshots fit in one block the plan is the
-exact full-data plan and is solved once; otherwise a new pair of blocks is drawn every ``refresh`` training steps,
-which is minibatch OT (Fatras et al. 2020; Tong et al. 2023) with a larger minibatch, solved less often. The next
-plan is prepared in a background thread while the network trains (POT's network simplex releases the GIL).
-
-Nothing here is ever larger than ``block_size**2``: a fixed full-data plan is stored once as its non-zero entries
-and their cumulative mass, so drawing pairs costs ``O(n log nnz)`` per refill, not a pass over the plan.
+When both snapshots have at most ``full_size`` cells (``block_size`` by default) the plan is the exact full-data
+plan, solved once. Otherwise plans are solved on random *blocks* of ``block_size`` cells per side and a new pair of
+blocks is drawn every ``refresh`` training steps: minibatch OT (Fatras et al. 2020; Tong et al. 2023) with a larger
+minibatch, solved less often. Memory stays bounded by ``max(block_size, full_size)**2`` floats whatever the number
+of cells; nothing builds a plan over all cells of a large snapshot. The next plan is prepared in a background thread
+while the network trains (POT's network simplex releases the GIL). A plan is kept only as its non-zero entries and
+their cumulative mass, so drawing pairs costs ``O(n log nnz)`` per refill, not a pass over the plan.
 """
 
 from __future__ import annotations
@@ -107,7 +106,10 @@ class PairSampler:
     batch_size
         Pairs per call of :meth:`next`.
     block_size
-        Maximum cells per side of one plan.
+        Maximum cells per side of one block plan.
+    full_size
+        Snapshots with at most this many cells per side get one full-data plan, solved once (``block_size`` when
+        ``None``).
     refresh
         Steps served by one plan when the snapshots do not fit in one block.
     rng
@@ -136,6 +138,7 @@ class PairSampler:
         b: np.ndarray | None = None,
         background: bool = True,
         row_mass: str = "share",
+        full_size: int | None = None,
     ) -> None:
         if row_mass not in ("share", "cell"):
             raise ValueError(f"row_mass must be 'share' or 'cell', got {row_mass!r}.")
@@ -148,7 +151,8 @@ class PairSampler:
         self.batch_size = batch_size
         self.block_size = block_size
         self.rng = rng
-        self.single_block = self.n0 <= block_size and self.n1 <= block_size
+        full = block_size if full_size is None else full_size
+        self.single_block = self.n0 <= full and self.n1 <= full
         # a full-data plan is fixed: draw enough pairs for many steps at once
         self.refresh = max(int(refresh), 1) if not self.single_block else 200
         self._cache: Pairs | None = None

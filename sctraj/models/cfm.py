@@ -41,9 +41,13 @@ class CFMConfig(MethodConfig):
         Width of the Gaussian path (in units of the embedding's overall standard deviation). For ``sbcfm`` it is
         the bridge's diffusion and sets the entropic regularisation ``2 sigma^2``.
     ot_block_size
-        Largest number of cells per side of one OT plan (memory ``block^2`` floats).
+        Cells per side of one block OT plan, used when a snapshot has more than ``ot_full_size`` cells (memory
+        ``block^2`` floats).
     ot_refresh
-        Training steps served by one block plan when a time point has more than ``ot_block_size`` cells.
+        Training steps served by one block plan before the next (prepared in the background) replaces it.
+    ot_full_size
+        Consecutive snapshots with at most this many cells each are coupled by one exact plan on all their cells,
+        solved once per fit.
     num_threads
         Torch CPU threads while training (``0`` keeps torch's setting). Small MLPs gain nothing from threading and
         lose a lot to it on shared CPUs.
@@ -53,13 +57,14 @@ class CFMConfig(MethodConfig):
     """
 
     sigma: float = 0.1
-    ot_block_size: int = 1024
-    ot_refresh: int = 50
+    ot_block_size: int = 512
+    ot_refresh: int = 25
+    ot_full_size: int = 1024
     num_threads: int = 1
     chunk_steps: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("ot_block_size", "ot_refresh", "chunk_steps"):
+        for name in ("ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}.")
@@ -103,7 +108,7 @@ class FlowMatchingMethod(BaseMethod):
             couplings.PairSampler(
                 data.X[k], data.X[k + 1], self.plan_fn(), batch_size=batch_size, block_size=cfg.ot_block_size,
                 refresh=cfg.ot_refresh, rng=np.random.default_rng(rng.integers(2**63)),
-                a=None if w is None else w[k], b=None if w is None else w[k + 1],
+                a=None if w is None else w[k], b=None if w is None else w[k + 1], full_size=cfg.ot_full_size,
             )
             for k in range(len(data.X) - 1)
         ]
