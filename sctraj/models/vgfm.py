@@ -1,0 +1,422 @@
+"""Joint velocity-growth flow matching (VGFM) for time courses whose cell numbers change.
+
+Wang, Jiang, Zhang, Gu, Zhou & Sun (2025). Joint Velocity-Growth Flow Matching for Single-Cell Dynamics Modeling.
+NeurIPS 2025. arXiv:2505.13413.
+
+Cells move with a velocity ``v(x, t)`` and their mass changes with a growth rate ``g(x, t)``:
+``dx/dt = v``, ``d log w / dt = g`` (the continuity equation with a source term, ``d rho / dt = -div(rho v) + g rho``).
+For each consecutive pair of snapshots VGFM
+
+1. solves a *semi-relaxed* unbalanced entropic OT problem (paper Eq. 5 and its discrete form):
+   ``min_pi <C, pi> + reg * KL(pi | a b^T) + tau * KL(pi 1 | a)`` subject to ``pi^T 1 = b`` (the target marginal is
+   hard, the source marginal is free to grow or shrink). The total target mass is the relative population size of the
+   later time point, so the row sum of a source cell is the number of "cells worth" of mass it becomes;
+2. regresses both networks on the straight interpolant between pairs ``(i, j)`` drawn from the plan (paper Eq. 8),
+   ``x_s = (1 - s) x_i + s x_j + sigma * eps``: the velocity target is ``(x_j - x_i) / dt`` and the growth target is the
+   constant ``log(row mass of i) / dt`` (Theorem 1: the two-period dynamics of the static plan reparameterised so that
+   transport and growth act together over the whole interval);
+3. after a warm-up with the matching loss only, adds the paper's distribution-fitting loss: the cells of each snapshot
+   are integrated with their log-mass (torchdiffeq, Euler) to the next snapshot and the weighted 1-Wasserstein distance
+   between the mass-weighted prediction and the observed cells (exact EMD on minibatches, POT) is minimised, together
+   with the relative error of the predicted total mass (as in DeepRUOT / TIGON, which VGFM builds on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._settings import logger
+from ..engine import couplings
+from ..engine.nn import GrowthHead, VectorField
+from ..engine.paths import StraightPath
+from ..engine.solvers import integrate
+from ..engine.trainer import train
+from ._base import BaseMethod, FitData, MethodConfig
+from ._registry import register_method
+
+COST_NORMS = ("mean", "max", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VGFMConfig(MethodConfig):
+    """Settings of ``vgfm``.
+
+    Attributes
+    ----------
+    sigma
+        Standard deviation of the Gaussian noise added to the straight interpolant (internal units: the embedding
+        divided by its overall standard deviation).
+    reg
+        Entropic regularisation of the semi-relaxed OT plan, relative to the normalised cost (see ``cost_norm``).
+    tau
+        Weight of the KL relaxation of the source marginal: small values let growth explain more of the change between
+        snapshots, large values approach balanced OT with uniform growth.
+    cost_norm
+        Divide the squared Euclidean cost by its ``"mean"`` (default) or ``"max"`` over the block, or ``"none"``; makes
+        ``reg`` and ``tau`` independent of the embedding's scale.
+    growth_weight
+        Weight of the growth term of the matching loss.
+    ot_block_size
+        Largest number of cells per side of one plan (memory ``block^2`` floats); larger snapshots are solved on random
+        blocks, refreshed every ``ot_refresh`` steps.
+    ot_refresh
+        Training steps served by one block plan.
+    ot_iter
+        Maximum Sinkhorn iterations per plan.
+    phase2
+        Add the distribution-fitting loss after the warm-up (the paper's full objective).
+    warmup
+        Fraction of the training steps that use the matching loss only.
+    phase2_batch
+        Cells per snapshot integrated (and observed cells compared) per distribution-fitting step.
+    ode_steps
+        Euler steps per interval when integrating during the distribution-fitting phase.
+    lambda_ot
+        Weight of the weighted W1 term.
+    lambda_mass
+        Weight of the squared relative error of the predicted total mass.
+    num_threads
+        Torch CPU threads during training (``0`` keeps torch's setting): one is fastest for these small networks, and
+        extra threads spin-wait on a shared CPU.
+    """
+
+    sigma: float = 0.05
+    reg: float = 0.05
+    tau: float = 1.0
+    cost_norm: str = "mean"
+    growth_weight: float = 1.0
+    ot_block_size: int = 2048
+    ot_refresh: int = 500
+    ot_iter: int = 1000
+    phase2: bool = True
+    warmup: float = 0.8
+    phase2_batch: int = 256
+    ode_steps: int = 10
+    lambda_ot: float = 1.0
+    lambda_mass: float = 1.0
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("reg", "tau"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"vgfm: {name} must be a positive number, got {v!r}.")
+        for name in ("sigma", "growth_weight", "lambda_ot", "lambda_mass"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"vgfm: {name} must be a non-negative number, got {v!r}.")
+        if self.cost_norm not in COST_NORMS:
+            raise ValueError(f"vgfm: cost_norm must be one of {COST_NORMS}, got {self.cost_norm!r}.")
+        if not (0.0 <= float(self.warmup) <= 1.0):
+            raise ValueError(f"vgfm: warmup must be a fraction in [0, 1], got {self.warmup!r}.")
+        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 0:
+            raise ValueError(f"vgfm: num_threads must be a non-negative integer, got {self.num_threads!r}.")
+        for name in ("ot_block_size", "ot_refresh", "ot_iter", "phase2_batch", "ode_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"vgfm: {name} must be a positive integer, got {v!r}.")
+
+
+def semi_relaxed_plan(
+    x0: np.ndarray,
+    x1: np.ndarray,
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    *,
+    ratio: float = 1.0,
+    reg: float = 0.05,
+    tau: float = 1.0,
+    cost_norm: str = "mean",
+    n_iter: int = 1000,
+) -> np.ndarray:
+    """Semi-relaxed unbalanced entropic OT plan (:func:`ot.unbalanced.sinkhorn_unbalanced`, ``reg_m=(tau, inf)``).
+
+    Units: each source cell starts with mass ``1 / n0`` and the target cells share the total mass ``ratio`` (the
+    relative population size of the later snapshot) in proportion to ``b``. The source reference is ``ratio`` times the
+    normalised prior ``a`` (uniform by default); with a hard target marginal this scaling does not change the plan
+    (it adds a constant to the objective), so the plan is the paper's with source mass 1 per cell. ``n0 * row sum`` of a
+    source cell is its growth factor over the interval.
+    """
+    import ot
+
+    n0, n1 = len(x0), len(x1)
+    p = np.full(n0, 1.0 / n0) if a is None else np.asarray(a, np.float64) / np.sum(a)
+    q = np.full(n1, 1.0 / n1) if b is None else np.asarray(b, np.float64) / np.sum(b)
+    C = couplings.sq_cost(x0, x1)
+    if cost_norm != "none":
+        s = float(C.mean() if cost_norm == "mean" else C.max())
+        if s > 0:
+            C /= s
+    plan = ot.unbalanced.sinkhorn_unbalanced(
+        ratio * p, ratio * q, C, reg, (tau, np.inf), method="sinkhorn", reg_type="kl", numItermax=n_iter, stopThr=1e-6
+    )
+    plan = np.asarray(plan)
+    if not np.isfinite(plan).all() or plan.sum() <= 0:
+        raise FloatingPointError(
+            f"vgfm: the semi-relaxed OT plan is not finite (reg={reg} is too small for this cost). Increase reg, e.g. "
+            f"fit_flow(..., method='vgfm', reg={2 * reg:g})."
+        )
+    return plan
+
+
+def _mass_from_params(tc, params: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """Relative total mass per kept time point: ``total_mass`` if given, else the cell-count ratio."""
+    total_mass = params.pop("total_mass", None)
+    kept = np.asarray(tc.times, float)
+    if total_mass is None:
+        n = np.array([len(x) for x in tc.X], float)
+        logger.info(
+            "vgfm: relative population size per time point = number of sequenced cells n_t / n_0 "
+            f"({', '.join(f'{m:.3g}' for m in n / n[0])}). Cell counts are an experimental choice; pass "
+            "total_mass={time: value} when the true population sizes are known."
+        )
+        return n / n[0], "cell_counts"
+    if not isinstance(total_mass, Mapping):
+        raise TypeError(
+            f"total_mass must be a dict {{time: relative population size}}, got {type(total_mass).__name__}. "
+            f"Example: total_mass={{{', '.join(f'{t:g}: ...' for t in kept)}}}."
+        )
+    values: dict[float, float] = {}
+    excluded = np.asarray(getattr(tc, "excluded", []), float)
+    for key, val in total_mass.items():
+        try:
+            tk = float(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"total_mass keys must be time values, got {key!r}.") from None
+        try:
+            v = float(val)
+        except (TypeError, ValueError):
+            raise ValueError(f"total_mass[{key!r}] must be a number, got {val!r}.") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"total_mass[{key!r}] = {val!r}: total masses must be positive and finite.")
+        hit = np.isclose(kept, tk)
+        if hit.any():
+            values[float(kept[hit][0])] = v
+        elif len(excluded) and np.isclose(excluded, tk).any():
+            continue  # an excluded (e.g. held-out) time: not fitted, ignored
+        else:
+            raise ValueError(
+                f"total_mass names time {key!r}, which is not a fitted time point. Give one value per fitted time: "
+                f"{kept.tolist()}."
+            )
+    missing = [float(t) for t in kept if float(t) not in values]
+    if missing:
+        raise ValueError(
+            f"total_mass has no value for time(s) {missing}. Give one positive value per fitted time point "
+            f"{kept.tolist()} (any common unit: only ratios matter)."
+        )
+    m = np.array([values[float(t)] for t in kept])
+    return m / m[0], "total_mass"
+
+
+def _weights_from_params(adata, tc, params: dict[str, Any]) -> tuple[list[np.ndarray] | None, str]:
+    key = params.pop("weight_key", None)
+    if key is None:
+        return None, ""
+    if not isinstance(key, str):
+        raise TypeError(f"weight_key must be the name of an obs column (str), got {type(key).__name__}.")
+    if key not in adata.obs:
+        raise KeyError(
+            f"weight_key {key!r} is not a column of adata.obs. Compute a growth prior first, e.g. "
+            "sctraj.pp.score_growth(adata, organism='mouse'), then pass weight_key='growth_weight'."
+        )
+    import pandas as pd
+
+    col = adata.obs[key]
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise ValueError(f"adata.obs[{key!r}] must be numeric (positive per-cell weights), got dtype {col.dtype}.")
+    w = col.to_numpy(dtype=float, na_value=np.nan)
+    out = []
+    for idx in tc.index:
+        wk = w[idx]
+        if not np.isfinite(wk).all() or (wk <= 0).any():
+            raise ValueError(
+                f"adata.obs[{key!r}] must be positive and finite for every fitted cell (found "
+                f"{int((~np.isfinite(wk) | (wk <= 0)).sum())} bad values). Use e.g. the exp of a growth-rate score."
+            )
+        out.append(wk / wk.mean())
+    return out, key
+
+
+@register_method("vgfm")
+class VGFM(BaseMethod):
+    """Joint velocity-growth flow matching (VGFM; Wang et al. 2025, arXiv:2505.13413).
+
+    Learns a velocity field and a per-cell growth rate from snapshots whose cell numbers change (division and death).
+    The coupling of each consecutive pair is the semi-relaxed unbalanced entropic OT plan (POT); pairs drawn from it
+    give the velocity target ``(x1 - x0) / dt`` on the noisy straight interpolant and the growth target
+    ``log(row mass) / dt`` (paper Eq. 8). With ``phase2=True`` (default) the last ``1 - warmup`` of the steps also
+    minimise the weighted W1 between the integrated, mass-weighted cells and the next snapshot, and the relative error
+    of the predicted total mass.
+
+    Inputs read by ``fit_flow`` (``**method_params``):
+
+    * ``total_mass={time: value}``: relative population size per fitted time point (positive, one per fitted time;
+      values for excluded times are ignored). Default: the cell-count ratio ``n_t / n_0``, which is only right when the
+      number of sequenced cells is proportional to the population size - an experimental choice.
+    * ``weight_key="<obs column>"``: positive per-cell growth prior (e.g. ``"growth_weight"`` from
+      :func:`sctraj.pp.score_growth`), normalised to mean 1 per time point and used as the reference source marginal
+      of the plan: a cell's expected growth factor before the data pull it either way.
+
+    The growth rate is a separate network (:class:`~sctraj.engine.nn.GrowthHead`) beside the velocity field rather than
+    a second output of a shared trunk, as in the paper: the growth target is a noisy scalar whose scale differs from
+    the velocity's, and separate networks keep the velocity field identical to the CFM family's (with no growth VGFM
+    reduces to a balanced flow) and stop the growth loss from distorting the learned velocities.
+
+    Memory: a plan is ``n0 x n1`` floats. Snapshots larger than ``ot_block_size`` cells are coupled on random blocks
+    (minibatch semi-relaxed OT, Fatras et al. 2021): the block plan keeps the target-mass ratio, so row sums are
+    unbiased estimates of the population-level growth factor, but a block sees only part of each snapshot, which blurs
+    the plan (more so for small blocks) and makes row masses noisier than the full plan's.
+    """
+
+    Config = VGFMConfig
+    has_growth = True
+    default_n_steps = 2000
+    default_batch_size = 256
+
+    def __init__(self, dim, config, meta=None):
+        super().__init__(dim, config, meta)
+        self.net = VectorField(dim, width=config.width, depth=config.depth, act=config.activation)
+        self.growth_net = GrowthHead(dim, width=config.width, depth=config.depth, act=config.activation)
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, adata, tc, data: FitData, params: dict[str, Any], *, population_key: str | None) -> dict[str, Any]:
+        mass, source = _mass_from_params(tc, params)
+        weights, weight_key = _weights_from_params(adata, tc, params)
+        data.mass = mass
+        data.weights = weights
+        return {"mass": [float(m) for m in mass], "mass_source": source, "weight_key": weight_key}
+
+    def report(self, model, data: FitData) -> dict[str, Any]:
+        times = np.asarray(data.times, float)
+        mass = np.asarray(data.mass if data.mass is not None else self.meta.get("mass"), float)
+        grid = np.unique(np.concatenate([np.linspace(times[0], times[-1], 41), times]))
+        X0 = data.X[0]
+        if len(X0) > 2000:
+            X0 = X0[np.random.default_rng(0).choice(len(X0), 2000, replace=False)]
+        X0 = model.from_internal(torch.as_tensor(X0, device=model.device))
+        old_threads = torch.get_num_threads()
+        try:
+            if self.config.num_threads:
+                torch.set_num_threads(self.config.num_threads)
+            _, lw = model.push(X0, times[0], grid[1:], n_steps=100)
+        finally:
+            torch.set_num_threads(old_threads)
+        pred = np.concatenate([[1.0], np.exp(lw.astype(np.float64)).mean(1)])
+        at_obs = np.array([pred[np.flatnonzero(np.isclose(grid, t))[0]] for t in times])
+        return {
+            "mass": {
+                "time": grid,
+                "predicted": pred,
+                "observed_time": times,
+                "observed": mass,
+                "predicted_at_observed": at_obs,
+                "relative_error": np.abs(at_obs - mass) / mass,
+                "source": str(self.meta.get("mass_source", "cell_counts")),
+            }
+        }
+
+    # -- dynamics ----------------------------------------------------------------------------------------------
+    def velocity(self, x, tau, cond=None):
+        return self.net(x, tau)
+
+    def growth(self, x, tau, cond=None):
+        return self.growth_net(x, tau)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def make_samplers(self, data: FitData, batch_size: int, rng: np.random.Generator) -> list[couplings.PairSampler]:
+        cfg = self.config
+        mass = np.asarray(data.mass if data.mass is not None else [len(x) / len(data.X[0]) for x in data.X], float)
+        out = []
+        for k in range(len(data.X) - 1):
+            plan_fn = partial(semi_relaxed_plan, ratio=float(mass[k + 1] / mass[k]), reg=cfg.reg, tau=cfg.tau,
+                              cost_norm=cfg.cost_norm, n_iter=cfg.ot_iter)
+            out.append(couplings.PairSampler(
+                data.X[k], data.X[k + 1], plan_fn, batch_size=batch_size, block_size=cfg.ot_block_size,
+                refresh=cfg.ot_refresh, rng=np.random.default_rng(rng.integers(2**63)),
+                a=None if data.weights is None else data.weights[k], row_mass="cell",
+            ))
+        return out
+
+    def fit(self, data, *, n_steps, batch_size, rng, device, progress):
+        cfg = self.config
+        samplers = self.make_samplers(data, batch_size, rng)
+        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+        X = [torch.as_tensor(x, device=device) for x in data.X]
+        tau = [float(t) for t in data.tau]
+        mass = np.asarray(data.mass if data.mass is not None else [len(x) / len(data.X[0]) for x in data.X], float)
+        ratios = [float(mass[k + 1] / mass[k]) for k in range(len(X) - 1)]
+        path = StraightPath(cfg.sigma)
+        n_warm = n_steps if not cfg.phase2 else int(round(cfg.warmup * n_steps))
+
+        def matching_loss():
+            xs, ts, us, gs = [], [], [], []
+            for k, smp in enumerate(samplers):
+                p = smp.next()
+                x0 = X[k][torch.from_numpy(p.i0).to(device)]
+                x1 = X[k + 1][torch.from_numpy(p.i1).to(device)]
+                s = torch.rand(len(x0), device=device, generator=gen)
+                noise = torch.randn(x0.shape, device=device, generator=gen)
+                xt, ut = path.sample(x0, x1, s, noise)
+                dt = tau[k + 1] - tau[k]
+                xs.append(xt)
+                ts.append(tau[k] + s * dt)
+                us.append(ut / dt)
+                lm = np.log(np.maximum(p.row_mass, 1e-12)) / dt
+                gs.append(torch.as_tensor(lm, dtype=x0.dtype, device=device))
+            xt, tt = torch.cat(xs), torch.cat(ts)
+            lv = torch.mean((self.net(xt, tt) - torch.cat(us)) ** 2)
+            lg = torch.mean((self.growth_net(xt, tt) - torch.cat(gs)) ** 2)
+            return lv, lg
+
+        def fitting_loss():
+            import ot
+
+            w1s, mls = [], []
+            for k in range(len(X) - 1):
+                m0, m1 = min(cfg.phase2_batch, len(X[k])), min(cfg.phase2_batch, len(X[k + 1]))
+                x0 = X[k][torch.randperm(len(X[k]), device=device, generator=gen)[:m0]]
+                x1 = X[k + 1][torch.randperm(len(X[k + 1]), device=device, generator=gen)[:m1]]
+                t_eval = torch.tensor([tau[k], tau[k + 1]], device=device)
+                xs, lws = integrate(
+                    lambda x, t: self.net(x, t.reshape(1).expand(x.shape[0])), x0, t_eval, n_steps=cfg.ode_steps,
+                    growth=lambda x, t: self.growth_net(x, t.reshape(1).expand(x.shape[0])),
+                )
+                xp, w = xs[-1], torch.exp(lws[-1])
+                a = w / w.sum()
+                b = torch.full((m1,), 1.0 / m1, device=device, dtype=xp.dtype)
+                M = torch.sqrt(((xp[:, None, :] - x1[None, :, :]) ** 2).sum(-1) + 1e-12)
+                w1s.append(ot.emd2(a, b, M))
+                mls.append((w.mean() / ratios[k] - 1.0) ** 2)
+            return torch.stack(w1s).mean(), torch.stack(mls).mean()
+
+        def loss_fn(step):
+            lv, lg = matching_loss()
+            out = {"loss": lv + cfg.growth_weight * lg, "velocity_loss": lv, "growth_loss": lg}
+            if cfg.phase2:
+                if step >= n_warm:
+                    w1, ml = fitting_loss()
+                    out["loss"] = out["loss"] + cfg.lambda_ot * w1 + cfg.lambda_mass * ml
+                else:  # logged as NaN during the warm-up so every history entry has one value per step
+                    w1 = ml = torch.tensor(float("nan"))
+                out["w1_loss"], out["mass_loss"] = w1, ml
+            return out
+
+        old_threads = torch.get_num_threads()
+        try:
+            if cfg.num_threads:
+                torch.set_num_threads(cfg.num_threads)
+            return train(self.parameters(), loss_fn, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         progress=progress, desc=self.name)
+        finally:
+            torch.set_num_threads(old_threads)
+            for s in samplers:
+                s.close()
