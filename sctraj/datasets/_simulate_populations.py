@@ -61,9 +61,9 @@ def simulate_populations(
     Each population starts as an elongated Gaussian cloud with its own centre (uniform in a disc of radius 1), long
     axis (uniform angle) and widths (long 0.5-0.8, short 0.15-0.3). Its cells then move according to that layout:
     under ``"control"`` the population splits into two lobes along its own long axis
-    (``dz/dt = width tanh(z / width)`` for the coordinate ``z`` along the axis, measured from the population's centre)
-    while contracting across it; under ``"drug"`` (``n_treatments=2``) it collapses along the long axis and widens
-    across it. Populations overlap, so cells at the same position move in different directions depending on the
+    (``dz/dt = 1.5 w tanh(z / w)``, ``w = 0.5``, for the coordinate ``z`` along the axis, measured from the
+    population's centre) while contracting across it (rate 0.3); under ``"drug"`` (``n_treatments=2``) it collapses
+    along the long axis (rate -1) and widens across it (rate 0.3). Populations overlap, so cells at the same position move in different directions depending on the
     population they belong to: a field that sees one cell at a time (``otcfm`` on the pooled cells) cannot be right,
     while a field conditioned on the population (``metafm``) can. Every snapshot is a fresh draw of ``n_cells`` cells
     (destructive sampling), so cells are not linked across time.
