@@ -13,6 +13,24 @@ between coupled cells (Algorithm 1 of the paper; Algorithm 3 for SB-CFM):
 
 Over several snapshots one field is trained on all consecutive intervals ``[t_k, t_{k+1}]`` at once; the local time of
 each interval is mapped to the global time and the conditional velocity divided by the interval length.
+
+Defaults, and why (the same for every data set; measured in ``benchmarks/results/torchcfm.md``, ``throughput.md``):
+
+* Network 3 x 64 SELU, AdamW (lr 1e-3, weight decay 1e-5), ``sigma = 0.1``: the settings of the paper's
+  single-cell experiments and of torchcfm's runner. ``fit_flow`` centres the cells and divides by one global scale,
+  so ``sigma = 0.1`` is the same relative width on standardised EB PCs, the 2-d hematopoiesis embedding and the 4-d
+  iPSC data, with no per-data tuning.
+* ``batch_size = 256`` pairs *per interval* per step and ``n_steps = 2000``: every interval gets 512,000 pairs,
+  at least what torchcfm's runner gives each interval of a 3-interval split (5000 x 256 over all intervals), and
+  more for longer time courses. A step costs one small MLP on ``n_intervals x 256`` rows, so the default fit takes
+  a few seconds of CPU on the bundled data.
+* Couplings: two snapshots with at most ``ot_full_size = 1024`` cells each (every interval of EB and iPSC) are
+  coupled by one exact OT plan on all their cells, solved once - the plan that minibatch OT approximates, at no
+  per-step cost. Larger snapshots (hematopoiesis: 3,781 and 5,788 cells) use exact plans on random 512 x 512
+  blocks, each serving 25 steps and prepared in a background thread while the network trains: one 512-block solve
+  costs about 5 solves of 256 x 256, so OT costs about a fifth of a 256-minibatch solve per step, and on
+  hematopoiesis (held-out day 4) this gave the same W1 as 1024-blocks every 50 steps at 1/2.7 of the CPU time.
+* ``num_threads = 1`` while training: see :mod:`sctraj.engine.trainer`.
 """
 
 from __future__ import annotations
@@ -80,6 +98,8 @@ class FlowMatchingMethod(BaseMethod):
     """Shared machinery of the simulation-free CFM family; subclasses choose the coupling and the path."""
 
     Config = CFMConfig
+    default_n_steps = 2000
+    default_batch_size = 256
 
     def __init__(self, dim, config, meta=None):
         super().__init__(dim, config, meta)
