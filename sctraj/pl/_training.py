@@ -191,6 +191,7 @@ def benchmark(
             "fit_seconds": "fit time (s)"}.get(metric, metric)
     ax.set_ylabel(ylab + (" (lower is better)" if metric in ("W1", "W2", "MMD") else ""))
     ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(False, axis="x")
     if len(held) > 1:
         ax.legend(frameon=False, fontsize="small")
     if title is None:
