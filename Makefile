@@ -22,6 +22,8 @@ demo: install
 test: install
 	$(PY) -m ruff check sctraj tests benchmarks
 	$(PY) -m pytest -n 2 -q tests
+	# the docs build offline with warnings as errors (about a minute); the tutorials run in `make tutorials`
+	$(MAKE) docs
 
 lint: install
 	$(PY) -m ruff check sctraj tests benchmarks
