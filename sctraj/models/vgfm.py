@@ -155,7 +155,7 @@ def semi_relaxed_plan(
         if s > 0:
             C /= s
     plan = ot.unbalanced.sinkhorn_unbalanced(
-        ratio * p, ratio * q, C, reg, (tau, np.inf), method="sinkhorn", reg_type="kl", numItermax=n_iter, stopThr=1e-6
+        ratio * p, ratio * q, C, reg, (tau, np.inf), method="sinkhorn", reg_type="kl", numItermax=n_iter, stopThr=1e-4
     )
     plan = np.asarray(plan)
     if not np.isfinite(plan).all() or plan.sum() <= 0:
