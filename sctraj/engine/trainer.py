@@ -8,7 +8,7 @@ arithmetic, set the speed:
 * AdamW uses the fused kernel where torch provides it (one kernel for all parameters instead of one per tensor);
 * on CPU, training runs with ``num_threads`` intra-op threads (``1`` for the methods' MLPs): a width-64 network on a
   few hundred cells gains nothing from threading, and on a shared or oversubscribed CPU the extra threads spin-wait
-  and slow every step by 10x or more (``benchmarks/results/throughput.md``). Torch's setting is restored afterwards.
+  and slow every step by 10x or more (``benchmarks/results/threads.md``). Torch's setting is restored afterwards.
 """
 
 from __future__ import annotations

@@ -29,7 +29,11 @@ Defaults, and why (the same for every data set; measured in ``benchmarks/results
   per-step cost. Larger snapshots (hematopoiesis: 3,781 and 5,788 cells) use exact plans on random 512 x 512
   blocks, each serving 25 steps and prepared in a background thread while the network trains: one 512-block solve
   costs about 5 solves of 256 x 256, so OT costs about a fifth of a 256-minibatch solve per step, and on
-  hematopoiesis (held-out day 4) this gave the same W1 as 1024-blocks every 50 steps at 1/2.7 of the CPU time.
+  hematopoiesis (held-out day 4, seed 0) this gave the same W1 as 1024-blocks every 50 steps (0.421 vs 0.422) at
+  1/2.7 of the CPU time. Other settings tried there (W1, mean of seeds 0 and 1): 512-blocks every 50 steps 0.418,
+  256-blocks every 10 steps 0.422, fresh 256-blocks every step (torchcfm's choice) 0.397 at three times the CPU
+  time of the default (0.408). SB-CFM's entropic block plans use epsilon-scaling Sinkhorn, see
+  :func:`sctraj.engine.couplings.entropic_plan`.
 * ``num_threads = 1`` while training: see :mod:`sctraj.engine.trainer`.
 """
 
