@@ -8,7 +8,8 @@ point is that the time per step does not grow with the number of cells (pairs co
 the marginal cost: ``fit_flow`` runs with ``steps`` and ``3 * steps`` steps and the difference of the fit times is
 divided by ``2 * steps``, so one-time costs (copying the cells, the first OT plans) cancel.
 
-Run: ``python benchmarks/bench_scale.py [--cells 100000 1000000] [--steps 100]``
+Run: ``python benchmarks/bench_scale.py [--cells 100000 1000000] [--steps 100] [--methods ...] [--report]``
+(each row is stored in ``benchmarks/_work``; the table is written from every stored row).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from _common import table, write_result
+from _common import WORK, table, write_result
 
 
 def make(n: int, d: int = 50, n_times: int = 4, seed: int = 0):
@@ -71,19 +72,23 @@ def main():
     ap.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--methods", nargs="+", default=["icfm", "otcfm", "sbcfm"])
+    ap.add_argument("--report", action="store_true", help="only write the table from the stored rows")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "N", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one(args.one[0], int(args.one[1]), int(args.one[2]))))
         return
-    rows = []
-    for m in args.methods:
+    for m in [] if args.report else args.methods:
         for n in args.cells:
             out = subprocess.run([sys.executable, __file__, "--one", m, str(n), str(args.steps)], check=True,
                                  capture_output=True, text=True).stdout
             r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
-            rows.append(r)
+            WORK.mkdir(exist_ok=True)
+            (WORK / f"scale_{m}_{n}.json").write_text(json.dumps(r))
             print(r, flush=True)
+    # the table holds every stored row (rows of several invocations, e.g. one method re-run after a change)
+    rows = [json.loads(p.read_text()) for m in ("icfm", "otcfm", "sbcfm") for n in args.cells
+            if (p := WORK / f"scale_{m}_{n}.json").exists()]
     for r in rows:  # time per step relative to the smallest size, same method
         ref = next(x for x in rows if x["method"] == r["method"] and x["cells"] == min(args.cells))
         r["ms/step vs smallest"] = r["ms/step"] / ref["ms/step"]

@@ -130,7 +130,11 @@ def main():
     notes = ("Fit seconds exclude prediction. 'steps' = torchcfm / sctraj training steps; torchcfm trains 256 pairs "
              "per step over all intervals with a fresh 256x256 plan per interval per step, sctraj's defaults are in "
              "`sctraj/models/cfm.py`. torchcfm's sbcfm uses its Sinkhorn plan (the runner's sbcfm config). "
-             "Both sides use 1 torch CPU thread (see throughput.md for why).")
+             "Both sides use 1 torch CPU thread (see threads.md for why). Rows are stored per (split, method, "
+             "seed) in `benchmarks/_work` and this table is written from every stored row (`--report`), so rows may "
+             "come from several invocations; within a row the peer ran right before sctraj, except for rows re-run "
+             "with `--reuse-peer` after an sctraj change (peer fit reused from an earlier invocation; compare CPU "
+             "seconds there, which depend less on the machine's load).")
     write_result("torchcfm" + ("_quick" if args.quick else ""),
                  "Leave-one-out vs torchcfm 1.0.7 (issue 2, section 6)", body, notes)
 
