@@ -4,7 +4,6 @@ Wall-clock fit times on an oversubscribed machine measure the machine's load, no
 much less sensitive to it. Usage: ``.venv/bin/python benchmarks/bench_vgfm_cpu.py``.
 """
 
-import resource
 import subprocess
 import sys
 
