@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import _utils as U
 
-REFERENCE_LABELS = {"no_movement": "no movement\n(reference)", "ot_interpolation": "OT interpolation\n(reference)"}
+REFERENCE_LABELS = {"no_movement": "no\nmovement\n(ref.)", "ot_interpolation": "OT\ninterp.\n(ref.)"}
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -126,8 +126,8 @@ def benchmark(
     """Leave-one-out results across methods (lower is better).
 
     One bar per method and held-out time point (mean over seeds, with the individual seeds as dots); the untrained
-    references (``no movement``: the previous snapshot as the prediction; ``OT interpolation``: exact-OT
-    displacement interpolation of the two neighbouring snapshots) in grey, so a fit can be judged against them.
+    references (``no movement``: the previous snapshot as the prediction; ``OT interp.``: exact-OT
+    displacement interpolation of the two neighbouring snapshots) hatched in grey, so a fit can be judged against them.
 
     Parameters
     ----------
@@ -169,7 +169,7 @@ def benchmark(
     order = fitted + refs
     held = sorted(pd.unique(df["heldout"].astype(float)))
     palette = U.default_palette(max(len(held), 1)) if len(held) > 1 else ["#4c72b0"]
-    fig, ax = U.new_axes(ax, figsize=(max(4.0, 0.9 * len(order) + 1.5), 3.6))
+    fig, ax = U.new_axes(ax, figsize=(max(4.0, 1.0 * len(order) + 1.5), 3.8))
     width = 0.8 / len(held)
     for j, h in enumerate(held):
         for i, m in enumerate(order):
@@ -189,7 +189,8 @@ def benchmark(
     ax.set_xticklabels([REFERENCE_LABELS.get(m, m) for m in order], fontsize="small")
     ylab = {"W1": "W1 to held-out cells", "W2": "W2 to held-out cells", "MMD": "MMD to held-out cells",
             "fit_seconds": "fit time (s)"}.get(metric, metric)
-    ax.set_ylabel(ylab + (" (lower is better)" if metric in ("W1", "W2", "MMD") else ""))
+    ax.set_ylabel(ylab + ("\n(lower is better)" if metric in ("W1", "W2", "MMD") else ""))
+    ax.margins(y=0.12)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(False, axis="x")
     if len(held) > 1:
