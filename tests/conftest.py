@@ -9,6 +9,15 @@ import pytest
 matplotlib.use("agg")
 os.environ.setdefault("SCTRAJ_FAST", "1")
 
+# pytest-xdist runs one worker per core: one torch thread per worker avoids oversubscription, where idle threads
+# spin-wait and tiny networks run 10-40x slower (benchmarks/results/threads.md)
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 # tiny settings shared by the contract tests: every method must run with them in a few seconds
 TINY = {"n_steps": 20, "batch_size": 32, "progress": False, "width": 16, "depth": 2}
 
