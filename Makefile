@@ -22,7 +22,9 @@ demo: install
 test: install
 	$(PY) -m ruff check sctraj tests benchmarks
 	$(PY) -m pytest -n 2 -q tests
-	# the docs build offline with warnings as errors (about a minute); the tutorials run in `make tutorials`
+	# every tutorial re-executed in quick mode (SCTRAJ_FAST=1; committed outputs are not overwritten), ~2 min
+	SCTRAJ_FAST=1 MPLBACKEND=agg $(PY) -m pytest -n 2 -q --nbmake --nbmake-timeout=900 tutorials/
+	# the docs build offline with warnings as errors (about a minute)
 	$(MAKE) docs
 
 lint: install
