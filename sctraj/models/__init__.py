@@ -1,9 +1,11 @@
 """Method registry and networks (imports torch; ``import sctraj`` does not import this package)."""
 
-from . import cfm  # noqa: F401  (registers icfm, otcfm, sbcfm)
-from . import metafm  # noqa: F401  (registers metafm)
-from . import metricfm  # noqa: F401  (registers metricfm)
-from . import vgfm  # noqa: F401  (registers vgfm)
+from . import (
+    cfm,  # noqa: F401  (registers icfm, otcfm, sbcfm)
+    metafm,  # noqa: F401  (registers metafm)
+    metricfm,  # noqa: F401  (registers metricfm)
+    vgfm,  # noqa: F401  (registers vgfm)
+)
 from ._base import BaseMethod, FitData, MethodConfig
 from ._model import TrajectoryModel, resolve_device
 from ._registry import available_methods, get_method, register_method
