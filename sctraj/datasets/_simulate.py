@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import expm
 
 
 def simulate(
@@ -49,6 +48,7 @@ def simulate(
     ``obsm["true_velocity"]`` and ``uns["simulate"]`` (``A``, ``b``, ``true_mass`` at each time relative to time 0).
     """
     import anndata as ad
+    from scipy.linalg import expm
 
     if n_dims < 2:
         raise ValueError("n_dims must be at least 2.")

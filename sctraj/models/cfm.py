@@ -195,7 +195,8 @@ class OTCFM(FlowMatchingMethod):
     """Optimal-transport conditional flow matching (OT-CFM; Tong et al. 2024, arXiv:2302.00482, Alg. 2 / Prop. 3.4).
 
     Pairs are drawn from the exact OT plan (squared Euclidean cost, POT network simplex) between consecutive
-    snapshots - on the full data when it fits in ``ot_block_size``, otherwise on random blocks (minibatch OT).
+    snapshots - on the full data when both snapshots have at most ``ot_full_size`` cells, otherwise on random blocks of
+    ``ot_block_size`` cells (minibatch OT).
     """
 
     def plan_fn(self):
