@@ -177,3 +177,20 @@ def test_metafm_input_errors_leave_adata_untouched(pops):
     for c in ("one", "gappy", "holes"):
         del a.obs[c]
     assert same()
+
+
+def test_metafm_caps_the_cells_the_encoder_sees(pops):
+    tr = pops[pops.obs["split"] == "train"].copy()
+    kw = {**FAST, "gnn_depth": 1}  # two tiny ReLU layers can collapse to a constant embedding after 30 steps
+    model = sctraj.tl.fit_flow(tr, "time", method="metafm", population_key="population", max_population_cells=10, **kw)
+    src = tr.obsm["X_sim"][((tr.obs["population"] == tr.obs["population"].iloc[0]) & (tr.obs["time"] == 0.0))
+                           .to_numpy()]
+    assert len(src) > 10
+    # the encoder sees a seeded subset of 10 cells: the same embedding on every call, equal to that subset's own
+    c1, c2 = model.population_condition(src), model.population_condition(src)
+    np.testing.assert_array_equal(c1.numpy(), c2.numpy())
+    keep = np.sort(np.random.default_rng(0).choice(len(src), size=10, replace=False))
+    np.testing.assert_allclose(c1.numpy(), model.population_condition(src[keep]).numpy(), rtol=1e-6, atol=1e-7)
+    assert np.abs(c1.numpy() - model.population_condition(src[-10:]).numpy()).max() > 1e-6
+    with pytest.raises(ValueError, match="max_population_cells"):
+        sctraj.tl.fit_flow(tr, "time", method="metafm", population_key="population", max_population_cells=0, **FAST)

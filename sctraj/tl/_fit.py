@@ -205,8 +205,9 @@ def compute_outputs(adata, model, tc, n_grid: int) -> dict[str, np.ndarray]:
     fr = np.linspace(0.0, 1.0, n_grid) if n_grid else np.zeros(0)
     traj = np.full((n, n_grid, d), np.nan, np.float32) if n_grid else None
     inside = (t >= times[0]) & (t <= times[-1])
+    conds: dict = {}  # each population embedded once
     for tv in np.unique(t[inside]):
-        for pos, cond in population_groups(adata, model, inside & (t == tv)):
+        for pos, cond in population_groups(adata, model, inside & (t == tv), cache=conds):
             vel[pos] = model.velocity(X[pos], tv, cond=cond)
             growth[pos] = model.growth_rate(X[pos], tv, cond=cond)
             later = times[times > tv + 1e-12]

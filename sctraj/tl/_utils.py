@@ -24,8 +24,11 @@ def h5ad_safe(obj: Any) -> Any:
     return obj
 
 
-def population_groups(adata, model, mask: np.ndarray) -> Iterator[tuple[np.ndarray, Any]]:
+def population_groups(adata, model, mask: np.ndarray, cache: dict | None = None) -> Iterator[tuple[np.ndarray, Any]]:
     """Yield ``(positions, cond)`` over the cells selected by ``mask``.
+
+    ``cache`` (a dict kept by the caller across calls) stores each population's condition vector, so that a
+    population is embedded once however many time points are visited.
 
     Without a population model, one group with ``cond=None``. With one (Meta FM), one group per population: its
     condition vector is computed by the method from the population's cells at the earliest time present in ``adata``
@@ -56,5 +59,10 @@ def population_groups(adata, model, mask: np.ndarray) -> Iterator[tuple[np.ndarr
             if cond_key not in adata.obs:
                 raise KeyError(f"The model needs the condition column adata.obs[{cond_key!r}], which is missing.")
             cond_label = str(adata.obs[cond_key].to_numpy()[np.flatnonzero(src)[0]])
-        cond = model.population_condition(X[src], cond_label)
+        if cache is not None and lab in cache:
+            cond = cache[lab]
+        else:
+            cond = model.population_condition(X[src], cond_label)
+            if cache is not None:
+                cache[lab] = cond
         yield pos[in_pop[pos]], cond
