@@ -166,7 +166,8 @@ def scale(n_cells, dim, n_steps):
 def main():
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["loo", "arc", "scale"], required=True)
+    ap.add_argument("--part", choices=["all", "loo", "arc", "scale"], default="all",
+                    help="'all' (what make bench runs): arc (both toys), loo, scale")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--n-cells", type=int, default=30_000)
@@ -182,11 +183,12 @@ def main():
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.part == "loo":
+    if args.part in ("arc", "all"):
+        for toy in (args.toy,) if args.part == "arc" else ("arch", "sectors"):
+            arc(args.seeds, args.n_steps, toy)
+    if args.part in ("loo", "all"):
         loo(args.seeds, args.n_steps, args.datasets, args.ipsc_heldout)
-    elif args.part == "arc":
-        arc(args.seeds, args.n_steps, args.toy)
-    else:
+    if args.part in ("scale", "all"):
         scale(args.n_cells, args.dim, args.n_steps or 2000)
     print(f"\nwall {time.perf_counter() - t0:.0f}s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
