@@ -29,9 +29,11 @@ def loo(seeds, n_steps=None, datasets=("eb", "ipsc"), ipsc_heldout=None):
     a = sctraj.datasets.eb()
     sctraj.pp.scale_embedding(a, use_rep="X_pca", n_dims=5)
     b = sctraj.datasets.ipsc()
+    h = sctraj.datasets.hematopoiesis()
     kw = {} if n_steps is None else {"n_steps": n_steps}
     for tag, name, ad, key, rep, held in (("eb", "EB (5-d)", a, "day", "X_pca_scaled", [7.5, 13.5, 19.5]),
-                                          ("ipsc", "iPSC (4-d)", b, "time", "X_emb", ipsc_heldout)):
+                                          ("ipsc", "iPSC (4-d)", b, "time", "X_emb", ipsc_heldout),
+                                          ("hema", "hematopoiesis (2-d)", h, "day", "X_emb", [4.0])):
         if tag not in datasets:
             continue
         df = sctraj.tl.leave_one_out(ad, key, methods=["otcfm", "metricfm"], use_rep=rep, heldout=held,
@@ -172,7 +174,7 @@ def main():
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--n-cells", type=int, default=30_000)
     ap.add_argument("--dim", type=int, default=50)
-    ap.add_argument("--datasets", nargs="+", default=["eb", "ipsc"], choices=["eb", "ipsc"])
+    ap.add_argument("--datasets", nargs="+", default=["eb", "ipsc", "hema"], choices=["eb", "ipsc", "hema"])
     ap.add_argument("--ipsc-heldout", type=float, nargs="+", default=None, help="iPSC times to hold out (all interior)")
     ap.add_argument("--toy", choices=["sectors", "arch"], default="sectors",
                     help="curved toy for --part arc: uniform sectors with an empty gap, or the paper's arch")
