@@ -90,10 +90,12 @@ def main():
             (WORK / f"scale_{m}_{n}.json").write_text(json.dumps(r))
             print(r, flush=True)
     # the table holds every stored row (rows of several invocations, e.g. one method re-run after a change)
-    rows = [json.loads(p.read_text()) for m in ("icfm", "otcfm", "sbcfm") for n in args.cells
-            if (p := WORK / f"scale_{m}_{n}.json").exists()]
+    order = ["icfm", "otcfm", "sbcfm", "vgfm", "metricfm", "metafm"]
+    rows = [json.loads(p.read_text()) for p in WORK.glob("scale_*_*.json")]
+    rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["cells"]))
     for r in rows:  # time per step relative to the smallest size, same method
-        ref = next(x for x in rows if x["method"] == r["method"] and x["cells"] == min(args.cells))
+        valid = [x for x in rows if x["method"] == r["method"] and x["ms/step"] > 0] or [r]
+        ref = min(valid, key=lambda x: x["cells"])  # the smallest size with a measurable marginal
         r["ms/step vs smallest"] = r["ms/step"] / ref["ms/step"]
     for r in rows:  # a marginal below zero: the run is too short, one-time plan solves dominate both fits
         if r["ms/step"] <= 0 or r["ms/step vs smallest"] <= 0:
