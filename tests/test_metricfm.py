@@ -84,6 +84,20 @@ def test_config_validation():
         MetricFMConfig(metric="l2")
     with pytest.raises(TypeError, match="Unknown parameter"):
         sctraj.tl.fit_flow(_adata(), "time", method="metricfm", land_gama=0.1, **TINY)
+    for bad in ("silverman", 0, -0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="land_gamma must be"):
+            MetricFMConfig(land_gamma=bad)
+    with pytest.raises(ValueError, match="land_gamma_scale"):
+        MetricFMConfig(land_gamma_scale=0)
+
+
+def test_land_bandwidth_follows_scotts_rule_per_interval():
+    a = _adata()  # 3 dims; intervals 0 -> 1 and 1 -> 2.5
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **TINY)
+    n = [int(((a.obs["time"] == t0) | (a.obs["time"] == t1)).sum()) for t0, t1 in ((0.0, 1.0), (1.0, 2.5))]
+    np.testing.assert_allclose(a.uns["sctraj"]["land_gamma"], [0.65 * k ** (-1 / 7) for k in n], rtol=1e-6)
+    sctraj.tl.fit_flow(a, "time", method="metricfm", land_gamma=0.2, **TINY)
+    np.testing.assert_allclose(a.uns["sctraj"]["land_gamma"], [0.2, 0.2])
 
 
 def _adata():
