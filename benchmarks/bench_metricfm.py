@@ -58,10 +58,17 @@ def loo(seeds, n_steps=None, datasets=("eb", "ipsc"), ipsc_heldout=None):
     print(summ.round(4).to_markdown())
 
 
-def arc_adata(n=300, seed=0):
+def _toy_adata(X, t):
     import anndata as ad
     import pandas as pd
 
+    t = np.concatenate(t)
+    a = ad.AnnData(obs=pd.DataFrame({"time": t}, index=[f"c{i}" for i in range(len(t))]))
+    a.obsm["X_pca"] = np.concatenate(X).astype(np.float32)
+    return a
+
+
+def arc_adata(n=300, seed=0):
     rng = np.random.default_rng(seed)
     centres = {0.0: np.deg2rad(20), 1.0: np.deg2rad(90), 2.0: np.deg2rad(160)}
     X, t = [], []
@@ -70,9 +77,7 @@ def arc_adata(n=300, seed=0):
         r = 1 + 0.03 * rng.standard_normal(n)
         X.append(np.c_[r * np.cos(th), r * np.sin(th)])
         t.append(np.full(n, tv))
-    a = ad.AnnData(obs=pd.DataFrame({"time": np.concatenate(t)}, index=[f"c{i}" for i in range(3 * n)]))
-    a.obsm["X_pca"] = np.concatenate(X).astype(np.float32)
-    return a
+    return _toy_adata(X, t)
 
 
 def arch_adata(n=1000, seed=0):
@@ -83,9 +88,6 @@ def arch_adata(n=1000, seed=0):
     monotone (1-d exact OT) matching of the two, so it sits on top of the arch; radial noise ``1 + N(0, 0.1)``.
     Unlike :func:`arc_adata` the kept snapshots have thin tails over the whole arch, as in the paper.
     """
-    import anndata as ad
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     u0 = np.sort(np.abs(rng.normal(0, 1 / (2 * np.pi), n)))
     u2 = np.sort(1 - np.abs(rng.normal(0, 1 / (2 * np.pi), n)))
@@ -96,9 +98,7 @@ def arch_adata(n=1000, seed=0):
         r = 1 + 0.1 * rng.standard_normal(n)
         X.append(np.c_[r * np.cos(th), r * np.sin(th)])
         t.append(np.full(n, tv))
-    a = ad.AnnData(obs=pd.DataFrame({"time": np.concatenate(t)}, index=[f"c{i}" for i in range(3 * n)]))
-    a.obsm["X_pca"] = np.concatenate(X).astype(np.float32)
-    return a
+    return _toy_adata(X, t)
 
 
 def arc(seeds, n_steps=None, toy="sectors"):
