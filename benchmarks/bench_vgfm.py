@@ -6,7 +6,7 @@ Usage (from the repository root)::
 
 Every method runs with its defaults (no per-dataset tuning). Peak memory is the growth of the process's peak RSS
 during the fit (``resource.getrusage``), measured in a fresh subprocess per fit so fits do not hide each other.
-CytoBridge is run by ``benchmarks/bench_vgfm_cytobridge.py`` inside its own venv (``benchmarks/_venvs/cytobridge``).
+CytoBridge is compared by ``benchmarks/bench_cytobridge.py`` (its own venv, ``benchmarks/_venvs/cytobridge``).
 """
 
 from __future__ import annotations
