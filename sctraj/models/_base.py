@@ -46,6 +46,14 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_ints(self, names: tuple[str, ...], *, minimum: int = 1, prefix: str = "") -> None:
+        """Raise a ``ValueError`` naming the first of ``names`` that is not an integer ``>= minimum`` (1 or 0)."""
+        kind = "positive" if minimum == 1 else "non-negative"
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+                raise ValueError(f"{prefix}{name} must be a {kind} integer, got {v!r}.")
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> MethodConfig:
         names = {f.name for f in dataclasses.fields(cls)}

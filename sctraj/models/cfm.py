@@ -87,10 +87,7 @@ class CFMConfig(MethodConfig):
     chunk_steps: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        self.check_ints(("ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps"))
         if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int | np.integer) or \
                 self.num_threads < 0:
             raise ValueError(f"num_threads must be a non-negative integer (0 keeps torch's setting), "

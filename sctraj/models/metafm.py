@@ -111,14 +111,8 @@ class MetaFM(BaseMethod):
         super().__init__(dim, config, meta)
         if config.coupling not in _COUPLINGS:
             raise ValueError(f"coupling must be one of {_COUPLINGS}, got {config.coupling!r}.")
-        for name in ("k", "num_threads"):
-            v = getattr(config, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}.")
-        for name in ("gnn_width", "gnn_depth", "populations_per_step", "max_population_cells", "width", "depth"):
-            v = getattr(config, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        config.check_ints(("k", "num_threads"), minimum=0)
+        config.check_ints(("gnn_width", "gnn_depth", "populations_per_step", "max_population_cells", "width", "depth"))
         if not config.sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {config.sigma!r}.")
         self.conditions: list[str] = [str(c) for c in self.meta.get("conditions", [])]

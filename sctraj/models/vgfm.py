@@ -116,12 +116,8 @@ class VGFMConfig(MethodConfig):
             raise ValueError(f"vgfm: cost_norm must be one of {COST_NORMS}, got {self.cost_norm!r}.")
         if not (0.0 <= float(self.warmup) <= 1.0):
             raise ValueError(f"vgfm: warmup must be a fraction in [0, 1], got {self.warmup!r}.")
-        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 0:
-            raise ValueError(f"vgfm: num_threads must be a non-negative integer, got {self.num_threads!r}.")
-        for name in ("ot_block_size", "ot_refresh", "ot_iter", "phase2_batch", "ode_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"vgfm: {name} must be a positive integer, got {v!r}.")
+        self.check_ints(("num_threads",), minimum=0, prefix="vgfm: ")
+        self.check_ints(("ot_block_size", "ot_refresh", "ot_iter", "phase2_batch", "ode_steps"), prefix="vgfm: ")
 
 
 def semi_relaxed_plan(
