@@ -131,3 +131,19 @@ def test_trainer_fits_constant_field_and_detects_nan():
 
     with pytest.raises(FloatingPointError, match="learning rate"):
         train(net.parameters(), bad, 5, progress=False)
+
+
+def test_trainer_cosine_schedule_halves_the_distance_travelled():
+    # With a constant gradient every Adam step moves a parameter by about the learning rate, so the distance
+    # travelled is the sum of the learning rates: n * lr when constant, n * lr * (1 + 0.01) / 2 with the cosine decay
+    # from lr to lr / 100.
+    n, lr = 400, 1e-2
+    moved = {}
+    for sched in ("constant", "cosine"):
+        p = torch.nn.Parameter(torch.zeros(()))
+        train([p], lambda step: {"loss": p * 1.0}, n, lr=lr, weight_decay=0.0, progress=False, lr_schedule=sched)
+        moved[sched] = -float(p)
+    assert moved["constant"] == pytest.approx(n * lr, rel=0.02)
+    assert moved["cosine"] == pytest.approx(n * lr * 1.01 / 2, rel=0.02)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train([torch.nn.Parameter(torch.zeros(()))], lambda step: {}, 1, progress=False, lr_schedule="step")

@@ -50,6 +50,8 @@ BAD_FIT = [
     ({"exclude_times": [0.0, 1.0]}, ValueError, "leaves 1 time point"),
     ({"device": "tpu"}, ValueError, "device must be"),
     ({"not_a_param": 3}, TypeError, "Unknown parameter.*not_a_param"),
+    ({"lr_schedule": "step"}, ValueError, "lr_schedule must be one of \\('constant', 'cosine'\\)"),
+    ({"method": "vgfm", "lr_schedule": "linear"}, ValueError, "lr_schedule must be one of"),
     ({"key_added": ""}, ValueError, "key_added must be a non-empty string"),
     ({"population_key": "nope"}, KeyError, "population_key 'nope'"),
 ]

@@ -63,18 +63,24 @@ def train(
     prefix: str = "",
     sync_every: int = 50,
     num_threads: int | None = None,
+    lr_schedule: str = "constant",
 ) -> dict[str, list[float]]:
     """Minimise ``loss_fn(step)["loss"]`` for ``n_steps`` AdamW steps.
 
     ``loss_fn`` returns a dict of scalar tensors; ``"loss"`` is minimised and every entry is logged (per step) in
     the returned history under ``prefix + name``. A non-finite loss stops training with a ``FloatingPointError``
     naming the first bad step (detected at most ``sync_every`` steps late). ``num_threads`` sets torch's CPU threads
-    for the duration of training (``None`` keeps the current setting).
+    for the duration of training (``None`` keeps the current setting). ``lr_schedule="cosine"`` decays the learning
+    rate along a half cosine from ``lr`` to ``lr / 100`` over the ``n_steps`` steps.
     """
     from tqdm.auto import tqdm
 
     params = [p for p in params if p.requires_grad]
     opt = make_optimizer(params, lr, weight_decay)
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_steps, 1), eta_min=lr * 0.01)
+             if lr_schedule == "cosine" else None)
     history = {} if history is None else history
     sync_every = max(int(sync_every), 1)
     pending: list[dict[str, torch.Tensor]] = []
@@ -107,6 +113,8 @@ def train(
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+            if sched is not None:
+                sched.step()
             pending.append({k: v.detach() for k, v in out.items()})
             if len(pending) >= sync_every or step == n_steps - 1:
                 flush(step)

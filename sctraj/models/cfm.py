@@ -87,6 +87,7 @@ class CFMConfig(MethodConfig):
     chunk_steps: int = 50
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_ints(("ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps"))
         if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int | np.integer) or \
                 self.num_threads < 0:
@@ -173,6 +174,7 @@ class FlowMatchingMethod(BaseMethod):
 
         try:
             return train(self.parameters(), loss_fn, n_steps, lr=self.config.lr, weight_decay=self.config.weight_decay,
+                         lr_schedule=self.config.lr_schedule,
                          progress=progress, desc=f"{self.name}", num_threads=self.config.num_threads or None)
         finally:
             for s in samplers:

@@ -267,7 +267,7 @@ class MetaFM(BaseMethod):
 
         try:
             return train(self.parameters(), loss_fn, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         progress=progress, desc=self.name, num_threads=cfg.num_threads or None)
+                         lr_schedule=cfg.lr_schedule, progress=progress, desc=self.name, num_threads=cfg.num_threads or None)
         finally:
             for e in entries:
                 for *_, smp in e["intervals"]:

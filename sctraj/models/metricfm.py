@@ -99,6 +99,7 @@ class MetricFMConfig(MethodConfig):
     ot_refresh: int = 50
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}.")
         resolve_metric(self.metric, 1, 1)
@@ -303,7 +304,7 @@ class MetricFM(BaseMethod):
                 return {"loss": torch.mean((pred - ut / dt[:, None]) ** 2)}
 
             train(self.net.parameters(), fm_loss, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                  progress=progress, desc=f"{self.name}", history=history)
+                  lr_schedule=cfg.lr_schedule, progress=progress, desc=f"{self.name}", history=history)
         finally:
             for s in samplers:
                 s.close()

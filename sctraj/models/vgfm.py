@@ -102,8 +102,10 @@ class VGFMConfig(MethodConfig):
     lambda_ot: float = 1.0
     lambda_mass: float = 1.0
     num_threads: int = 1
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("reg", "tau"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -411,7 +413,7 @@ class VGFM(BaseMethod):
             if cfg.num_threads:
                 torch.set_num_threads(cfg.num_threads)
             return train(self.parameters(), loss_fn, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         progress=progress, desc=self.name)
+                         progress=progress, desc=self.name, lr_schedule=cfg.lr_schedule)
         finally:
             torch.set_num_threads(old_threads)
             for s in samplers:
