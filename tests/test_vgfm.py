@@ -183,3 +183,24 @@ def test_score_growth_tiny_anndata(tmp_path):
         sctraj.pp.score_growth(a, organism="fly")
     with pytest.raises(ValueError, match="None of the"):
         sctraj.pp.score_growth(a, proliferation_genes=["NotAGene"])
+
+
+def test_semi_relaxed_plan_precision_and_far_outlier(monkeypatch):
+    """The single-precision solve matches double precision; a source cell far from every target (whose float32
+    kernel row would underflow to 0) is solved in double precision instead of failing."""
+    import sctraj.models.vgfm as vg
+
+    rng = np.random.default_rng(1)
+    x0, x1 = rng.normal(size=(50, 3)), rng.normal(size=(70, 3))
+    fast = semi_relaxed_plan(x0, x1, ratio=2.0)
+    monkeypatch.setattr(vg, "_F32_MAX_EXPONENT", -1.0)  # forces double precision
+    exact = semi_relaxed_plan(x0, x1, ratio=2.0)
+    monkeypatch.undo()
+    np.testing.assert_allclose(fast.sum(1), exact.sum(1), rtol=1e-4)
+    np.testing.assert_allclose(fast.sum(0), 2.0 / 70, rtol=1e-5)
+    far = x0.copy()
+    for value in (8.0, 40.0):  # C / reg ~ 400 (float32 kernel row is 0) and ~ 950 (float64 too)
+        far[0] = value
+        plan = semi_relaxed_plan(far, x1, ratio=2.0)
+        assert np.isfinite(plan).all()
+        np.testing.assert_allclose(plan.sum(0), 2.0 / 70, rtol=1e-3)

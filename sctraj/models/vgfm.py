@@ -42,6 +42,7 @@ from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
 COST_NORMS = ("mean", "max", "none")
+_F32_MAX_EXPONENT = 80.0  # exp(-80) ~ 1.8e-35 is still a normal float32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,14 +153,27 @@ def semi_relaxed_plan(
         s = float(C.mean() if cost_norm == "mean" else C.max())
         if s > 0:
             C /= s
-    plan = ot.unbalanced.sinkhorn_unbalanced(
-        ratio * p, ratio * q, C, reg, (tau, np.inf), method="sinkhorn", reg_type="kl", numItermax=n_iter, stopThr=1e-4
-    )
-    plan = np.asarray(plan)
-    if not np.isfinite(plan).all() or plan.sum() <= 0:
+    # Single precision is about 5x faster here (half the memory traffic per Sinkhorn iteration) and changes the row
+    # masses by ~1e-7 relative. Its kernel exp(-C / reg) underflows to 0 beyond C / reg ~ 87 (double precision:
+    # ~ 745); a source cell whose every entry underflowed gets no valid scaling. Such costs are solved in double
+    # precision, and a plan that still misses the hard target marginal by the log-domain (stabilised) solver.
+    far = float(np.max(C.min(axis=1))) / reg
+    methods = [(np.float32, "sinkhorn")] if far < _F32_MAX_EXPONENT else []
+    methods += [(np.float64, "sinkhorn"), (np.float64, "sinkhorn_stabilized")]
+    target = ratio * q
+    for dt, method in methods:
+        with np.errstate(all="ignore"):
+            plan = np.asarray(ot.unbalanced.sinkhorn_unbalanced(
+                (ratio * p).astype(dt), target.astype(dt), C.astype(dt, copy=False), reg, (tau, np.inf),
+                method=method, reg_type="kl", numItermax=n_iter, stopThr=1e-4,
+            ), dtype=np.float64)
+        if np.isfinite(plan).all() and np.allclose(plan.sum(0), target, rtol=1e-3, atol=0):
+            break
+    if not np.isfinite(plan).all() or plan.sum() <= 0 or not np.allclose(plan.sum(0), target, rtol=1e-2, atol=0):
         raise FloatingPointError(
-            f"vgfm: the semi-relaxed OT plan is not finite (reg={reg} is too small for this cost). Increase reg, e.g. "
-            f"fit_flow(..., method='vgfm', reg={2 * reg:g})."
+            f"vgfm: the semi-relaxed OT plan is not finite or misses the target marginal (reg={reg} is too small for "
+            f"this cost, or ot_iter={n_iter} too few iterations). Increase reg, e.g. fit_flow(..., method='vgfm', "
+            f"reg={2 * reg:g})."
         )
     return plan
 
