@@ -141,7 +141,7 @@ def test_trainer_cosine_schedule_halves_the_distance_travelled():
     moved = {}
     for sched in ("constant", "cosine"):
         p = torch.nn.Parameter(torch.zeros(()))
-        train([p], lambda step: {"loss": p * 1.0}, n, lr=lr, weight_decay=0.0, progress=False, lr_schedule=sched)
+        train([p], lambda step, p=p: {"loss": p * 1.0}, n, lr=lr, weight_decay=0.0, progress=False, lr_schedule=sched)
         moved[sched] = -float(p)
     assert moved["constant"] == pytest.approx(n * lr, rel=0.02)
     assert moved["cosine"] == pytest.approx(n * lr * 1.01 / 2, rel=0.02)

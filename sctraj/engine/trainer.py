@@ -79,8 +79,14 @@ def train(
     opt = make_optimizer(params, lr, weight_decay)
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_steps, 1), eta_min=lr * 0.01)
-             if lr_schedule == "cosine" else None)
+    sched = None
+    if lr_schedule == "cosine":
+        n_decay = max(n_steps, 1)
+
+        def factor(step: int) -> float:  # step = number of optimiser steps taken so far
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(step, n_decay) / n_decay))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history = {} if history is None else history
     sync_every = max(int(sync_every), 1)
     pending: list[dict[str, torch.Tensor]] = []
