@@ -43,7 +43,9 @@ class MethodConfig:
     ``lr_schedule`` is ``"constant"`` (the learning rate ``lr`` throughout) or ``"cosine"`` (``lr`` decayed along a
     half cosine to ``lr / 100`` at the last step). The cosine decay ends training with small steps, so the final
     network is not one noisy iterate of a constant-rate run: on the hematopoiesis leave-one-out it cut the
-    seed-to-seed spread of ``vgfm``'s W1 tenfold (``benchmarks/results/vgfm.md``).
+    seed-to-seed spread of ``vgfm``'s W1 tenfold (``benchmarks/results/vgfm.md``). The decay halves the distance the
+    optimiser travels, so a run of only a few hundred steps ends less trained than with a constant rate: for quick
+    looks with few steps use ``"constant"``.
     """
 
     width: int = 64

@@ -83,6 +83,10 @@ class VGFMConfig(MethodConfig):
         Weight of the weighted W1 term.
     lambda_mass
         Weight of the squared relative error of the predicted total mass.
+    lr_schedule
+        ``"cosine"`` (default for ``vgfm``): the learning rate decays from ``lr`` to ``lr / 100`` along a half cosine, so
+        the fit ends on small steps of the minibatch matching and distribution-fitting losses instead of one noisy
+        iterate (see :class:`~sctraj.models.MethodConfig`); ``"constant"`` keeps ``lr``.
     num_threads
         Torch CPU threads during training (``0`` keeps torch's setting): one is fastest for these small networks, and
         extra threads spin-wait on a shared CPU.
