@@ -24,6 +24,7 @@ For each consecutive pair of snapshots VGFM
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -165,8 +166,10 @@ def semi_relaxed_plan(
     methods = [(np.float32, "sinkhorn")] if far < _F32_MAX_EXPONENT else []
     methods += [(np.float64, "sinkhorn"), (np.float64, "sinkhorn_stabilized")]
     target = ratio * q
-    for dt, method in methods:
-        with np.errstate(all="ignore"):
+    for k, (dt, method) in enumerate(methods):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            if k < len(methods) - 1:  # POT's "Numerical errors" warning is moot when a fallback follows
+                warnings.simplefilter("ignore")
             plan = np.asarray(ot.unbalanced.sinkhorn_unbalanced(
                 (ratio * p).astype(dt), target.astype(dt), C.astype(dt, copy=False), reg, (tau, np.inf),
                 method=method, reg_type="kl", numItermax=n_iter, stopThr=1e-4,
