@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 LossFn = Callable[[int], dict[str, torch.Tensor]]
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @contextlib.contextmanager
@@ -77,8 +78,8 @@ def train(
 
     params = [p for p in params if p.requires_grad]
     opt = make_optimizer(params, lr, weight_decay)
-    if lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}.")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
     sched = None
     if lr_schedule == "cosine":
         n_decay = max(n_steps, 1)

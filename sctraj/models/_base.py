@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.trainer import LR_SCHEDULES
+
 
 @dataclass
 class FitData:
@@ -31,9 +33,6 @@ class FitData:
     @property
     def dim(self) -> int:
         return self.X[0].shape[1]
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True, kw_only=True)
