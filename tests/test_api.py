@@ -38,6 +38,28 @@ def test_bundled_datasets(loader, n, rep, tkey, counts, tmp_path):
     a.write_h5ad(tmp_path / "d.h5ad")
 
 
+def test_gene_level_datasets(tmp_path):
+    k = sctraj.datasets.klein_mesc()
+    assert k.shape == (1000, 900) and k.obs.groupby("day").size().tolist() == [359, 101, 248, 292]
+    counts = k.layers["counts"].toarray()
+    assert np.array_equal(k.X.toarray(), counts) and np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+    assert k.var_names.is_unique and k.obs["day"].dtype.kind == "f"
+    r = sctraj.datasets.reprogramming()
+    assert r.obs.groupby("day").size().tolist() == [318, 316, 366]
+    assert {"Stromal", "Epithelial", "IPS"} <= set(r.obs["cell_type"].cat.categories)
+    assert isinstance(r.uns["cell_transition_10_105_forward"], pd.DataFrame)
+    assert r.uns["tmap_10_105"].shape == (318, 316)
+    la = sctraj.datasets.larry()
+    assert la.obs.groupby("day").size().tolist() == [34, 316, 431]
+    assert la.obsm["X_clone"].shape == (781, 339) and la.obs["cell_type"].dtype == "category"
+    clone_days = [set(la.obs["day"].to_numpy()[la.obsm["X_clone"][:, j].nonzero()[0]]) for j in range(339)]
+    assert sum(len(s) > 1 for s in clone_days) == 126
+    for name, a in [("k", k), ("r", r), ("l", la)]:
+        assert getattr(sctraj.datasets, {"k": "klein_mesc", "r": "reprogramming", "l": "larry"}[name]).__doc__.count(
+            "Provenance") == 1
+        a.write_h5ad(tmp_path / f"{name}.h5ad")
+
+
 def test_simulate_ground_truth():
     a = sctraj.datasets.simulate(n_cells=200, growth=True, growth_rates=(0.4, -0.3), random_state=1)
     sim = a.uns["simulate"]

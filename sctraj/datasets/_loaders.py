@@ -109,3 +109,96 @@ def ipsc():
         {"X_emb": d["X"].copy()},
         {"dataset": {"name": "ipsc", "source": "Bargaje et al. 2017 via TIGON", "time_unit": "index"}},
     )
+
+
+def _read_h5ad(name: str):
+    import anndata as ad
+    from importlib.resources import as_file
+
+    with as_file(files("sctraj.datasets").joinpath("_data", name)) as path:
+        return ad.read_h5ad(path)
+
+
+def klein_mesc():
+    """Mouse embryonic stem cells after LIF withdrawal (Klein et al. 2015): raw UMI counts, days 0, 2, 4 and 7.
+
+    1,000 cells (359 / 101 / 248 / 292 per day) x 900 genes. The one bundled time course that starts from counts, so
+    it runs a whole scanpy pipeline (``normalize_total``, ``log1p``, ``highly_variable_genes``, ``pca``,
+    ``neighbors``, ``umap``, ``leiden``) before :func:`sctraj.tl.fit_flow`; see the ``scanpy_pipeline`` tutorial.
+
+    Returns
+    -------
+    AnnData with raw integer UMI counts (float32, sparse CSR) in ``X`` and ``layers["counts"]``, gene symbols as
+    ``var_names``, ``obs["day"]`` (0, 2, 4, 7; float) and ``obs["time_index"]`` (0-3). No cell types.
+
+    Notes
+    -----
+    Provenance: ``tmscc/data/klein/profile.txt`` and ``labels.txt`` of tarohi24/tmscc (commit 5e0f30fd; MIT), a
+    900-gene subset chosen by that repository. Raw data: Klein, Mazutis, Akartuna et al., "Droplet barcoding for
+    single-cell transcriptomics applied to embryonic stem cells", Cell 161 (2015), GEO GSE65525 (inDrops). The labels
+    file stores the day itself (0, 2, 4, 7). Licence: MIT for the repository copy; check the original authors' terms
+    before redistributing outside sctraj.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    d = _load("klein_mesc.npz")
+    X = sp.csr_matrix((d["data"].astype(np.float32), d["indices"], d["indptr"]), shape=tuple(d["shape"]))
+    day = d["day"].astype(float)
+    obs = pd.DataFrame({"day": day, "time_index": np.searchsorted(np.unique(day), day)}, index=d["cells"].astype(str))
+    var = pd.DataFrame(index=d["genes"].astype(str))
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    adata.layers["counts"] = X.copy()
+    adata.uns["dataset"] = {"name": "klein_mesc", "source": "Klein et al. 2015 via tmscc", "time_unit": "day"}
+    return adata
+
+
+def reprogramming():
+    """Fibroblast-to-iPSC reprogramming (Schiebinger et al. 2019), a 1,000-cell subset at days 10, 10.5 and 11.
+
+    318 / 316 / 366 cells x 1,479 genes, log-normalised expression in ``X``, with cell types and moscot's own
+    results for the same cells, a reference to compare sctraj's cell-type transitions with.
+
+    Returns
+    -------
+    AnnData with ``obs["day"]`` (10.0, 10.5, 11.0), ``obs["cell_type"]`` (Stromal, Epithelial, Trophoblast, IPS,
+    Neural, unknown), ``obs["batch"]``; ``uns`` holds moscot's transport maps ``tmap_10_105``, ``tmap_105_11``,
+    ``tmap_10_11`` and cell-type transition tables ``cell_transition_10_105_forward`` / ``_backward``. No embedding:
+    run ``sc.pp.pca`` first.
+
+    Notes
+    -----
+    Provenance: ``tests/data/moscot_temporal_tests.h5ad`` of theislab/moscot (commit 0741c824; BSD-3-Clause), made
+    by moscot's test suite from the WOT serum arm. Raw data: Schiebinger, Shu, Tabaka et al., Cell 176 (2019).
+    """
+    adata = _read_h5ad("reprogramming.h5ad")
+    adata.uns["dataset"] = {"name": "reprogramming", "source": "Schiebinger et al. 2019 via moscot", "time_unit": "day"}
+    return adata
+
+
+def larry():
+    """Lineage-traced hematopoiesis (LARRY; Weinreb et al. 2020), a 781-cell subset at days 2, 4 and 6 with clones.
+
+    34 / 316 / 431 cells x 2,481 genes. Each cell carries a clonal barcode: 126 clones have cells at more than one
+    day, so the fates a cell's sisters took at day 6 are observed, the ground truth for fate probabilities.
+
+    Returns
+    -------
+    AnnData with normalised counts in ``X`` (each cell sums to 1e4), ``obs["day"]`` (2, 4, 6; float),
+    ``obs["cell_type"]`` (undiff, Monocyte, Baso, Neutrophil, Mast, Meg, Erythroid and rarer types; also in the
+    original ``obs["state_info"]``), ``obs["time_info"]`` (the original string day), ``obsm["X_clone"]`` (sparse cells x
+    339 clone barcode matrix), ``obsm["X_pca"]`` (40-d), ``obsm["X_emb"]`` (2-d), ``obsm["X_umap"]``, and the kNN
+    graph of the source file in ``obsp``.
+
+    Notes
+    -----
+    Only 34 day-2 cells: use it to test fates against clonal truth, not to benchmark W1. Provenance:
+    ``tests/data/test_adata_preprocessed.h5ad`` of AllonKleinLab/cospar (commit ca54cad8; MIT). Raw data: Weinreb,
+    Rodriguez-Fraticelli, Camargo & Klein, "Lineage tracing on transcriptional landscapes links state to fate during
+    differentiation", Science 367 (2020).
+    """
+    adata = _read_h5ad("larry.h5ad")
+    adata.obs["day"] = adata.obs["time_info"].astype(str).astype(float)
+    adata.obs["cell_type"] = adata.obs["state_info"].astype("category")
+    adata.uns["dataset"] = {"name": "larry", "source": "Weinreb et al. 2020 via CoSpar", "time_unit": "day"}
+    return adata
