@@ -194,3 +194,63 @@ def test_metafm_caps_the_cells_the_encoder_sees(pops):
     assert np.abs(c1.numpy() - model.population_condition(src[-10:]).numpy()).max() > 1e-6
     with pytest.raises(ValueError, match="max_population_cells"):
         sctraj.tl.fit_flow(tr, "time", method="metafm", population_key="population", max_population_cells=0, **FAST)
+
+
+def _conds(adata, model, mask):
+    from sctraj.tl._utils import population_groups
+
+    labs = adata.obs["population"].astype(str).to_numpy()
+    return {labs[pos[0]]: cond for pos, cond in population_groups(adata, model, mask)}
+
+
+def test_metafm_embeds_each_population_from_its_first_fitted_time():
+    # with the first time excluded, the embedding must come from the first *fitted* time's cells, not from t=0
+    a = simulate_populations(n_populations=4, n_test=0, n_cells=15, times=(0.0, 1.0, 2.0), random_state=2)
+    model = sctraj.tl.fit_flow(a, "time", method="metafm", population_key="population", exclude_times=[0.0],
+                               **{**FAST, "gnn_depth": 1, "n_steps": 10})
+    t = a.obs["time"].to_numpy()
+    got = _conds(a, model, t == 2.0)
+    for p, cond in got.items():
+        pop = (a.obs["population"] == p).to_numpy()
+        want = model.population_condition(a.obsm["X_sim"][pop & (t == 1.0)])
+        torch.testing.assert_close(cond, want, rtol=0, atol=0)
+        assert not torch.allclose(cond, model.population_condition(a.obsm["X_sim"][pop & (t == 0.0)]))
+    # predict from t=1 on the full data equals predict on the data without the excluded time's cells
+    out = sctraj.tl.predict(a, model, source_time=1.0, target_time=2.0)
+    out2 = sctraj.tl.predict(a[t > 0].copy(), model, source_time=1.0, target_time=2.0)
+    np.testing.assert_array_equal(out.obsm["X_sim"], out2.obsm["X_sim"])
+
+
+def test_metafm_same_population_same_embedding_in_training_and_outputs(monkeypatch):
+    # populations larger than max_population_cells: training and outputs must subsample the same cells
+    a = simulate_populations(n_populations=4, n_test=0, n_cells=25, times=(0.0, 1.0), random_state=3)
+    seen = []
+    graph = PopulationEncoder.graph
+
+    def spy(self, x):
+        seen.append(x.detach().clone())
+        return graph(self, x)
+
+    monkeypatch.setattr(PopulationEncoder, "graph", spy)
+    model = sctraj.tl.fit_flow(a, "time", method="metafm", population_key="population", max_population_cells=10,
+                               **{**FAST, "gnn_depth": 1, "n_steps": 10})
+    pops = sorted(set(a.obs["population"].astype(str)))
+    # fit_flow builds one graph per population before training (sorted labels), then embeds for its outputs
+    train_src = dict(zip(pops, seen[: len(pops)], strict=True))
+    assert all(len(x) == 10 for x in train_src.values())
+    out = _conds(a, model, np.ones(a.n_obs, bool))
+    assert sorted(out) == pops
+    with torch.no_grad():
+        for p in pops:
+            torch.testing.assert_close(out[p], model.method.encoder(train_src[p]), rtol=1e-5, atol=1e-6)
+
+
+def test_metafm_unlabelled_cells_are_an_error_not_a_population(pops):
+    tr = pops[pops.obs["split"] == "train"].copy()
+    model = sctraj.tl.fit_flow(tr, "time", method="metafm", population_key="population",
+                               **{**FAST, "n_steps": 5})
+    te = tr[tr.obs["time"] == 0.0].copy()
+    te.obs["population"] = te.obs["population"].astype(object)
+    te.obs.iloc[:3, te.obs.columns.get_loc("population")] = np.nan
+    with pytest.raises(ValueError, match="no population label"):
+        sctraj.tl.predict(te, model, source_time=0.0, target_time=1.0)

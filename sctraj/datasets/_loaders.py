@@ -112,8 +112,9 @@ def ipsc():
 
 
 def _read_h5ad(name: str):
-    import anndata as ad
     from importlib.resources import as_file
+
+    import anndata as ad
 
     with as_file(files("sctraj.datasets").joinpath("_data", name)) as path:
         return ad.read_h5ad(path)

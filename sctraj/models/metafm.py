@@ -32,6 +32,20 @@ from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
 _COUPLINGS = ("ot", "independent")
+_SUBSET_SEED = 0
+
+
+def source_subset(n: int, cap: int) -> np.ndarray:
+    """Positions (sorted) of the source cells the encoder sees among a population's ``n`` source cells.
+
+    All ``n`` when ``n <= cap``, otherwise a fixed pseudo-random subset of ``cap`` positions that depends only on
+    ``n`` and ``cap``. Training and every output (velocities, trajectories, :func:`sctraj.tl.predict`) use this one
+    rule on the population's cells in ``adata`` order, so a population gets the same embedding everywhere.
+    """
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(_SUBSET_SEED).choice(n, size=cap, replace=False))
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,10 +67,11 @@ class MetaFMConfig(MethodConfig):
         Width of the Gaussian path around the straight interpolant, as for ``otcfm`` (``0`` = the paper's
         deterministic interpolant; 0.1 gave 7% lower W1 on unseen populations of ``simulate_populations``).
     max_population_cells
-        The encoder sees at most this many source cells per population (a random subset, fixed per population:
-        the same subset at every training step, and a seeded one for each population at prediction time). The
-        embedding is a mean over cells, so a subset estimates it; the cap keeps the cost of a training step and
-        the memory of the kNN graphs independent of how many cells a population has.
+        The encoder sees at most this many source cells per population: a fixed pseudo-random subset chosen by
+        ``source_subset`` from the population's source cells in ``adata`` order, the same rule in training
+        and in every output, so a population has one embedding. The embedding is a mean over cells, so a subset
+        estimates it; the cap keeps the cost of a training step and the memory of the kNN graphs independent of how
+        many cells a population has.
     populations_per_step
         Populations embedded and trained on at each step (all of them when fewer); ``batch_size`` pairs are drawn
         per population and per interval.
@@ -98,8 +113,15 @@ class MetaFM(BaseMethod):
     ``O(cells x k x width)``, so recomputing the embedding every step is cheap and gives the encoder an exact,
     up-to-date gradient at every step instead of every other step.
 
-    Prediction: ``sctraj.tl.predict`` groups cells by the model's ``population_key`` and embeds each population from
-    its cells at the earliest time present (pass the populations' source-time cells; unseen labels are fine).
+    Which cells embed a population: in training, its cells at the first *fitted* time point at which it has cells
+    (times in ``exclude_times`` are never used). Every output - ``fit_flow``'s velocities and trajectories,
+    :func:`sctraj.tl.predict` and :func:`sctraj.tl.interpolate` - groups the cells by the
+    model's ``population_key`` and embeds each population by the same rule from the AnnData it is given: its cells
+    at the earliest fitted time point present there (so on the fitting data a population gets exactly its training
+    embedding; for an unseen population, pass its source-time cells). Only a population with no cells at any fitted
+    time is embedded from its earliest cells inside the fitted time range. Cells without a population label are an
+    error (they are never pooled into a population of their own). Populations larger than
+    ``max_population_cells`` are subsampled by ``source_subset``, the same rule everywhere.
     """
 
     Config = MetaFMConfig
@@ -191,8 +213,8 @@ class MetaFM(BaseMethod):
             raise ValueError("A population needs at least one source cell to be embedded.")
         p = next(self.parameters())
         cap = self.config.max_population_cells
-        if x_source.shape[0] > cap:  # seeded subset, so a population always gets the same embedding
-            keep = np.sort(np.random.default_rng(0).choice(x_source.shape[0], size=cap, replace=False))
+        if x_source.shape[0] > cap:  # the rule of training, so a population always gets the same embedding
+            keep = source_subset(x_source.shape[0], cap)
             x_source = x_source[torch.as_tensor(keep, device=x_source.device)]
         emb = self.encoder(x_source.to(p.device, p.dtype))
         oh = self._onehot(condition, p.device, p.dtype)
@@ -222,9 +244,8 @@ class MetaFM(BaseMethod):
                 if len(ks) < 2:
                     continue
                 idx = {k: np.flatnonzero(data.labels[k] == p) for k in ks}
-                src_idx = idx[ks[0]]
-                if len(src_idx) > cfg.max_population_cells:  # the encoder's fixed subset of this population
-                    src_idx = np.sort(rng.choice(src_idx, size=cfg.max_population_cells, replace=False))
+                # the encoder's cells: the population at its first fitted time, subsampled by the rule of the outputs
+                src_idx = idx[ks[0]][source_subset(len(idx[ks[0]]), cfg.max_population_cells)]
                 src = X[ks[0]][torch.as_tensor(src_idx, device=device)]
                 cond_label = data.conditions[ks[0]][idx[ks[0]][0]] if data.conditions is not None else None
                 intervals = []
