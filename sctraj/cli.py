@@ -215,7 +215,7 @@ def cmd_benchmark(args) -> int:
 
     df = sctraj.tl.leave_one_out(
         adata, args.time_key, methods=args.methods, use_rep=args.use_rep, n_dims=args.n_dims, heldout=args.heldout,
-        seeds=args.seeds, n_steps=args.n_steps, progress=not args.quiet, **params,
+        seeds=args.seeds, n_steps=args.n_steps, progress=not args.quiet, n_jobs=args.n_jobs, **params,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-steps", type=int)
     b.add_argument("--out", required=True, metavar="RESULTS.csv|.md")
     b.add_argument("--figure", metavar="FILE.png", help="also draw sctraj.pl.benchmark")
+    b.add_argument("--n-jobs", type=int, help="fits run in parallel in this many local processes (joblib); "
+                   "default serial")
     b.add_argument("--param", action="append", metavar="NAME=VALUE")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_benchmark)
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    for name in ("n_steps", "n_dims", "batch_size", "max_cells"):
+    for name in ("n_steps", "n_dims", "batch_size", "max_cells", "n_jobs"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")

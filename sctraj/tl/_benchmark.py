@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time as _time
 from collections.abc import Sequence
 
@@ -27,6 +28,8 @@ def leave_one_out(
     references: bool = True,
     max_cells: int = 10_000,
     n_steps_ode: int = 100,
+    n_jobs: int | None = None,
+    torch_threads: int | None = 1,
     **fit_kwargs,
 ) -> pd.DataFrame:
     """Hold out each intermediate time point, fit without it, and score the prediction of the held-out cells.
@@ -60,6 +63,19 @@ def leave_one_out(
         Evaluation sets larger than this are subsampled (see :func:`sctraj.tl.evaluate`).
     n_steps_ode
         Euler steps of the push-forward.
+    n_jobs
+        Fits run in parallel through :class:`joblib.Parallel`: ``None`` (default) is serial unless called inside a
+        :func:`joblib.parallel_backend` context, which then decides (``with joblib.parallel_backend("dask"):`` spreads
+        the fits over a :class:`dask.distributed.Client`'s workers, ``"ray"`` over a Ray cluster, with no other
+        change); ``2`` runs two local worker processes (joblib's ``loky`` backend); ``-1`` one per CPU. Each fit
+        (method x held-out time x seed) is one task. Tasks receive only the embedding and the ``obs`` columns the fits
+        read (``time_key`` and any ``obs`` column named in ``fit_kwargs``, e.g. ``population_key``), never
+        ``adata.X``; joblib's Dask backend scatters them to the workers once. Results do not depend on ``n_jobs`` or
+        the backend: every fit is seeded by its ``seed`` only.
+    torch_threads
+        Torch CPU threads in each task (restored afterwards; the caller's setting is never left changed). ``1``
+        (default) suits the small networks and lets ``n_jobs`` tasks share the CPUs without oversubscription; it also
+        makes serial and parallel runs identical. ``None`` keeps torch's setting.
     **fit_kwargs
         Passed to :func:`fit_flow` (e.g. ``n_steps``, ``exclude_times``, method parameters).
 
@@ -68,9 +84,6 @@ def leave_one_out(
     :class:`pandas.DataFrame` with columns ``method``, ``heldout``, ``seed``, ``W1``, ``W2``, ``MMD``,
     ``fit_seconds``, ``n_train_steps``. ``adata`` is not modified.
     """
-    from ._fit import fit_flow
-    from ._predict import predict
-
     check_adata(adata)
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods and not references:
@@ -80,6 +93,9 @@ def leave_one_out(
     for m in methods:
         get_method(m)
     seeds = [check_random_state(s) for s in (seeds if np.ndim(seeds) else [seeds])]
+    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int | np.integer)
+                                      or torch_threads < 1):
+        raise ValueError(f"torch_threads must be a positive integer or None, got {torch_threads!r}.")
     t = time_values(adata, time_key)
     X = get_rep(adata, use_rep, n_dims)
     user_excl = fit_kwargs.pop("exclude_times", None)
@@ -97,9 +113,11 @@ def leave_one_out(
         bad = [h for h in heldout if not np.isclose(interior, h).any()]
         if bad:
             raise ValueError(f"heldout times {bad} are not intermediate time points; choose from {interior.tolist()}.")
-    # fit on a private copy: leave_one_out never writes into the user's AnnData
-    work = adata.copy()
-    rows = []
+    # what a task needs, and nothing more: the embedding and the obs columns the fits read (never adata.X). The
+    # fits write into a private AnnData built per task, so leave_one_out never writes into the user's AnnData.
+    obs = _task_obs(adata, time_key, fit_kwargs)
+    rows: dict[float, list[dict]] = {float(h): [] for h in heldout}
+    tasks = []
     for h in heldout:
         k = int(np.flatnonzero(np.isclose(kept, h))[0])
         prev, nxt = kept[k - 1], kept[k + 1]
@@ -107,24 +125,80 @@ def leave_one_out(
         X_prev = X[np.isclose(t, prev)]
         if references:
             r = evaluate(X_prev, X_true, max_cells=max_cells)
-            rows.append({"method": "no_movement", "heldout": h, "seed": pd.NA, **r, "fit_seconds": 0.0,
-                         "n_train_steps": 0})
+            rows[float(h)].append({"method": "no_movement", "heldout": h, "seed": pd.NA, **r, "fit_seconds": 0.0,
+                                   "n_train_steps": 0})
             t0 = _time.perf_counter()
             pts, w = ot_interpolation(X_prev, X[np.isclose(t, nxt)], (h - prev) / (nxt - prev), max_cells=max_cells)
             r = evaluate(pts, X_true, weights=w, max_cells=max_cells)
-            rows.append({"method": "ot_interpolation", "heldout": h, "seed": pd.NA, **r,
-                         "fit_seconds": _time.perf_counter() - t0, "n_train_steps": 0})
-        for m in methods:
-            for s in seeds:
-                model = fit_flow(work, time_key, method=m, use_rep=use_rep, n_dims=n_dims,
-                                 exclude_times=[h, *user_excl], random_state=s, key_added="_sctraj_loo", **fit_kwargs)
-                pred = predict(work, model, source_time=prev, target_time=h, n_steps=n_steps_ode)
-                w = pred.obs["weight"].to_numpy() if model.has_growth else None
-                r = evaluate(pred.obsm[use_rep], X_true, weights=w, max_cells=max_cells, random_state=s)
-                rows.append({"method": m, "heldout": h, "seed": s, **r,
-                             "fit_seconds": float(model.setup["fit_seconds"]),
-                             "n_train_steps": int(model.setup["n_steps"])})
-                logger.info(f"leave_one_out: {m} heldout={h:g} seed={s}: W1={r['W1']:.4f}")
-    df = pd.DataFrame(rows)
+            rows[float(h)].append({"method": "ot_interpolation", "heldout": h, "seed": pd.NA, **r,
+                                   "fit_seconds": _time.perf_counter() - t0, "n_train_steps": 0})
+        tasks += [(m, h, prev, s) for m in methods for s in seeds]
+    if tasks:
+        from joblib import Parallel, delayed
+
+        spec = {"time_key": time_key, "use_rep": use_rep, "n_dims": n_dims, "user_excl": list(user_excl),
+                "n_steps_ode": n_steps_ode, "max_cells": max_cells, "torch_threads": torch_threads,
+                "fit_kwargs": fit_kwargs}
+        with _restore_torch_threads():
+            results = Parallel(n_jobs=n_jobs)(
+                delayed(_fit_and_score)(X, obs, m, h, prev, s, spec) for m, h, prev, s in tasks
+            )
+        for (m, h, _, s), r in zip(tasks, results, strict=True):
+            rows[float(h)].append(r)
+            logger.info(f"leave_one_out: {m} heldout={h:g} seed={s}: W1={r['W1']:.4f}")
+    df = pd.DataFrame([r for h in heldout for r in rows[float(h)]])
     df["seed"] = df["seed"].astype("Int64")
     return df
+
+
+def _task_obs(adata, time_key: str, fit_kwargs: dict) -> pd.DataFrame:
+    """The ``obs`` columns a fit reads: ``time_key`` and every column named by a string in ``fit_kwargs``."""
+    named = [v for v in fit_kwargs.values() if isinstance(v, str) and v in adata.obs.columns]
+    cols = list(dict.fromkeys([time_key, *named]))
+    return adata.obs[cols].copy()
+
+
+@contextlib.contextmanager
+def _restore_torch_threads():
+    """Put torch's intra-op thread count back afterwards (tasks running in threads of this process may change it)."""
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev: float, seed: int,
+                   spec: dict) -> dict:
+    """One leave-one-out task: fit ``method`` without time ``h`` and score the push of ``prev`` to ``h``.
+
+    Runs in a joblib worker (a process, a thread or a remote Dask / Ray worker): it receives only the embedding
+    ``X`` and the needed ``obs`` columns, and builds its own small AnnData to fit in.
+    """
+    import anndata as ad
+    import torch
+
+    from ._fit import fit_flow
+    from ._predict import predict
+
+    use_rep = spec["use_rep"]
+    work = ad.AnnData(X=X, obs=obs.copy()) if use_rep == "X" else ad.AnnData(obs=obs.copy(), obsm={use_rep: X})
+    t = time_values(work, spec["time_key"])
+    X_true = X[np.isclose(t, h)]
+    threads = spec["torch_threads"]
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
+                         exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
+                         **spec["fit_kwargs"])
+        pred = predict(work, model, source_time=prev, target_time=h, n_steps=spec["n_steps_ode"])
+        w = pred.obs["weight"].to_numpy() if model.has_growth else None
+        r = evaluate(pred.obsm[use_rep], X_true, weights=w, max_cells=spec["max_cells"], random_state=seed)
+    finally:
+        torch.set_num_threads(old)
+    return {"method": method, "heldout": h, "seed": seed, **r, "fit_seconds": float(model.setup["fit_seconds"]),
+            "n_train_steps": int(model.setup["n_steps"])}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time as _time
 from typing import Any
 
@@ -11,6 +12,8 @@ from .. import _keys
 from .._settings import logger
 from .._validation import check_adata, check_random_state, positive_int, time_course
 from ._utils import h5ad_safe, population_groups
+
+_INIT_LOCK = threading.Lock()
 
 
 def fit_flow(
@@ -132,7 +135,9 @@ def fit_flow(
     config = Method.Config.from_params(params)
 
     rng = np.random.default_rng(seed)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    # torch's global generator initialises the network: under a lock, so that fits running in threads of one process
+    # (e.g. leave_one_out on a threaded joblib / Dask backend) cannot interleave their seeds
+    with _INIT_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         module = Method(tc.dim, config, meta)
     module.to(dev)
