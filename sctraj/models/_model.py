@@ -253,11 +253,19 @@ class TrajectoryModel:
                 f"{str(path)!r} is not a readable sctraj model ({type(e).__name__}: {e}). "
                 "It may be corrupt, truncated, or contain pickled code, which sctraj refuses to load."
             ) from None
+        return cls.from_state(state, where=repr(str(path)), device=device)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, where: str, device: str = "auto") -> TrajectoryModel:
+        """Rebuild a model from :meth:`state` (a saved file or ``adata.uns``), checking the format header first.
+
+        ``where`` names the source in error messages (a file path, or ``adata.uns['sctraj']['model']``).
+        """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} is not an sctraj model file (it was not written by model.save).")
-        if state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{where} is not an sctraj model file or record (it was not written by model.save or fit_flow).")
+        if int(state.get("format_version", -1)) != FORMAT_VERSION:
             raise ValueError(
-                f"{str(path)!r} uses model format version {state.get('format_version')}, this sctraj reads version "
+                f"{where} uses model format version {state.get('format_version')}, this sctraj reads version "
                 f"{FORMAT_VERSION}. Refit the model or load it with sctraj {state.get('sctraj_version')}."
             )
         Method = get_method(state["method"])
@@ -266,6 +274,6 @@ class TrajectoryModel:
         try:
             method.load_state_dict(state["state_dict"])
         except RuntimeError as e:
-            raise ValueError(f"{str(path)!r} does not match the {state['method']!r} network layout: {e}") from None
+            raise ValueError(f"{where} does not match the {state['method']!r} network layout: {e}") from None
         method.to(resolve_device(device))
         return cls(method, state["setup"], state.get("history", {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from . import _utils as U
 
@@ -156,8 +157,10 @@ def marginals(
     key
         ``key_added`` of the fit.
     predicted
-        Optional AnnData returned by :func:`sctraj.tl.predict` or :func:`sctraj.tl.interpolate` (``obs["time"]``,
-        ``obsm[use_rep]``, ``obs["weight"]``); by default the endpoints of ``obsm[f"{{key}}_trajectory"]`` are used
+        Optional AnnData returned by :func:`sctraj.tl.predict` or :func:`sctraj.tl.interpolate` (``obs[time_key]``,
+        ``obsm[use_rep]``, ``obs["weight"]``). When ``adata`` joins observed and predicted cells
+        (``ad.concat({{"observed": adata, "predicted": pred}}, label="sctraj_source", uns_merge="first")``), the
+        cells with ``obs[f"{{key}}_source"] == "predicted"`` are used. Otherwise the endpoints of ``obsm[f"{{key}}_trajectory"]`` are used
         (every cell pushed to the next fitted time point). With weights (growth-aware methods), point size follows
         each predicted cell's mass.
     basis
@@ -186,6 +189,10 @@ def marginals(
 
     U.check_common(show, return_fig, ax, save)
     rec = U.fit_record(adata, key)
+    src_col = f"{key}_source"
+    if predicted is None and src_col in adata.obs and (adata.obs[src_col] == "predicted").any():
+        is_pred = (adata.obs[src_col] == "predicted").to_numpy()  # observed + predicted joined with ad.concat
+        adata, predicted = adata[~is_pred], adata[is_pred]
     use_rep = str(rec["params"]["use_rep"])
     time_key, t, fitted = U.fit_times(adata, key)
     bkey = U.basis_key(adata, basis if basis is not None else use_rep)
@@ -209,12 +216,13 @@ def marginals(
     else:
         from anndata import AnnData
 
-        if not isinstance(predicted, AnnData) or "time" not in predicted.obs or use_rep not in predicted.obsm:
+        pkey = time_key if isinstance(predicted, AnnData) and time_key in predicted.obs else "time"
+        if not isinstance(predicted, AnnData) or pkey not in predicted.obs or use_rep not in predicted.obsm:
             raise ValueError(
-                f"predicted must be the AnnData returned by sctraj.tl.predict / interpolate, with obs['time'] and "
-                f"obsm[{use_rep!r}]."
+                f"predicted must be the AnnData returned by sctraj.tl.predict / interpolate, with "
+                f"obs[{time_key!r}] and obsm[{use_rep!r}]."
             )
-        pt = predicted.obs["time"].to_numpy(float)
+        pt = pd.to_numeric(pd.Series(np.asarray(predicted.obs[pkey])), errors="coerce").to_numpy(float)
         src = predicted.obs["source_time"].to_numpy(float) if "source_time" in predicted.obs else np.full_like(pt, np.nan)
         w = predicted.obs["weight"].to_numpy(float) if "weight" in predicted.obs else None
         for tv in np.unique(pt):

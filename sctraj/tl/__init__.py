@@ -5,6 +5,17 @@ from ._fit import fit_flow
 from ._metrics import evaluate
 from ._paths import metric_paths
 from ._predict import interpolate, load_model, predict
+from ._store import get_model
 from ._velocity_embedding import velocity_embedding
 
-__all__ = ["fit_flow", "predict", "interpolate", "load_model", "leave_one_out", "evaluate", "velocity_embedding", "metric_paths"]
+__all__ = [
+    "fit_flow",
+    "get_model",
+    "predict",
+    "interpolate",
+    "load_model",
+    "leave_one_out",
+    "evaluate",
+    "velocity_embedding",
+    "metric_paths",
+]

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 from .. import _keys
-from .._settings import logger
+from .._settings import logger, settings
 from .._validation import check_adata, check_random_state, positive_int, time_course
+from ._outputs import check_trajectory_n_grid, trajectory_grid
+from ._store import model_record
 from ._utils import h5ad_safe, population_groups
 
 _INIT_LOCK = threading.Lock()
@@ -31,7 +33,8 @@ def fit_flow(
     random_state: int = 0,
     key_added: str = "sctraj",
     progress: bool = True,
-    trajectory_n_grid: int = 10,
+    trajectory_n_grid: int | None = None,
+    copy: bool = False,
     **method_params: Any,
 ):
     """Learn the continuous dynamics that carry each snapshot of a time course into the next.
@@ -69,16 +72,24 @@ def fit_flow(
     key_added
         Prefix of every key written to ``adata``.
     progress
-        Show a progress bar.
+        Show a progress bar (one per fit; only when ``sctraj.settings.verbosity`` >= 1, i.e. not at scanpy's
+        verbosity 0).
     trajectory_n_grid
-        Points per cell in ``obsm[f"{key_added}_trajectory"]``; ``0`` writes no trajectories.
+        Points per cell in ``obsm[f"{key_added}_trajectory"]``; ``0`` writes no trajectories. ``None`` (default):
+        10 points, unless the array would exceed ``sctraj.settings.trajectory_max_mb`` (then none are written and a
+        warning gives the size and the switch; pass an integer to write them anyway).
+    copy
+        Fit on a copy of ``adata`` and return it (``adata`` itself is left untouched); the model is then reached with
+        :func:`~sctraj.tl.get_model`.
     **method_params
         Settings of the method's config (network ``width``/``depth``/``activation``, ``lr``, ``sigma``, ...), and
         method-specific inputs (e.g. ``total_mass`` for ``"vgfm"``, ``condition_key`` for ``"metafm"``).
 
     Returns
     -------
-    The fitted :class:`~sctraj.models.TrajectoryModel`. After everything has succeeded (never half-way), sets:
+    With ``copy=False`` (default), the fitted :class:`~sctraj.models.TrajectoryModel` (the same model is stored in
+    ``adata``, see :func:`~sctraj.tl.get_model`); with ``copy=True``, the fitted copy of ``adata``. After everything
+    has succeeded (never half-way), sets:
 
     `adata.obsm[f"{key_added}_velocity_{rep}"]` : :class:`numpy.ndarray`
         Velocity of each cell at its own time, in ``use_rep`` units per unit of time (``rep`` = ``use_rep`` without
@@ -87,10 +98,22 @@ def fit_flow(
         Growth rate (d log mass / dt) of each cell at its own time; 0 for mass-conserving methods.
     `adata.obsm[f"{key_added}_trajectory"]` : :class:`numpy.ndarray` (n_obs x n_grid x d)
         Each cell integrated from its time to the next fitted time point (NaN for cells at the last one); the grid is
-        ``uns[key_added]["trajectory"]["fractions"]`` of each cell's interval.
+        ``uns[key_added]["trajectory"]["fractions"]`` of each cell's interval. Not written when
+        ``trajectory_n_grid=0`` (or, by default, when larger than ``sctraj.settings.trajectory_max_mb``).
     `adata.uns[key_added]` : :class:`dict`
-        ``params`` (method, config, times, use_rep, seed, version, ...), ``history`` (loss per step) and
+        ``params`` (method, config, times, use_rep, seed, version, ...), ``history`` (loss per step), ``model`` (the
+        fitted networks as arrays, rebuilt by :func:`~sctraj.tl.get_model`; kept through ``write_h5ad``) and
         method-specific results (e.g. ``mass``).
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> model = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False)
+    >>> pred = sctraj.tl.predict(adata, source_time=0.0, target_time=1.0)  # uses the model stored in adata
+    >>> fitted = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False, copy=True)
+    >>> sctraj.tl.get_model(fitted).method_name
+    'otcfm'
     """
     import torch
 
@@ -98,15 +121,15 @@ def fit_flow(
     from ..models import FitData, TrajectoryModel, get_method, resolve_device
 
     check_adata(adata)
+    if not isinstance(copy, bool):
+        raise TypeError(f"copy must be True or False, got {copy!r}.")
     Method = get_method(method)
     positive_int("n_steps", n_steps, allow_none=True)
     positive_int("batch_size", batch_size, allow_none=True)
     seed = check_random_state(random_state)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
-    if isinstance(trajectory_n_grid, bool) or not isinstance(trajectory_n_grid, int) or trajectory_n_grid < 0 or \
-            trajectory_n_grid == 1:
-        raise ValueError(f"trajectory_n_grid must be 0 (no trajectories) or an integer >= 2, got {trajectory_n_grid!r}.")
+    check_trajectory_n_grid(trajectory_n_grid)
     dev = resolve_device(device)
     if population_key is not None and population_key not in adata.obs:
         raise KeyError(f"population_key {population_key!r} is not a column of adata.obs.")
@@ -116,6 +139,7 @@ def fit_flow(
         )
 
     tc = time_course(adata, time_key, use_rep, n_dims, exclude_times, min_cells=Method.min_cells)
+    trajectory_n_grid = trajectory_grid(trajectory_n_grid, adata.n_obs, tc.dim, key_added)
     n_steps = int(n_steps or Method.default_n_steps)
     batch_size = int(batch_size or Method.default_batch_size)
 
@@ -166,7 +190,8 @@ def fit_flow(
     logger.info(f"fitting {method!r} on {allX.shape[0]} cells x {tc.dim} dims, times {setup['times']} ({dev})")
     t_start = _time.perf_counter()
     module.train()
-    history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev, progress=progress)
+    history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev,
+                         progress=settings.show_progress(progress))
     fit_seconds = _time.perf_counter() - t_start
     module.eval()
     setup["fit_seconds"] = fit_seconds
@@ -180,8 +205,11 @@ def fit_flow(
         "trajectory": {"fractions": outputs.pop("fractions"), "times": np.asarray(tc.times)},
     }
     record.update(module.report(model, data))
+    record["model"] = model_record(model)
     record = h5ad_safe(record)
 
+    if copy:
+        adata = adata.copy()
     rep = use_rep
     adata.obsm[_keys.velocity_key(key_added, rep)] = outputs["velocity"]
     adata.obs[_keys.growth_key(key_added)] = outputs["growth"]
@@ -194,7 +222,7 @@ def fit_flow(
         + (f"obsm[{_keys.trajectory_key(key_added)!r}], " if trajectory_n_grid else "")
         + f"uns[{key_added!r}]"
     )
-    return model
+    return adata if copy else model
 
 
 def compute_outputs(adata, model, tc, n_grid: int) -> dict[str, np.ndarray]:

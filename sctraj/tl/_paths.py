@@ -10,13 +10,14 @@ from .._validation import check_adata, check_random_state, get_rep, positive_int
 
 def metric_paths(
     adata,
-    model,
-    source_time: float,
-    target_time: float,
+    model=None,
+    source_time: float | None = None,
+    target_time: float | None = None,
     *,
     n_cells: int = 100,
     n_grid: int = 20,
     random_state: int = 0,
+    key_added: str = "sctraj",
 ):
     """Learned interpolants of a ``metricfm`` model between two consecutive fitted time points.
 
@@ -32,7 +33,8 @@ def metric_paths(
     adata
         The AnnData the model was fitted on (or one with the same time column and embedding).
     model
-        A :class:`~sctraj.models.TrajectoryModel` fitted with ``method="metricfm"``.
+        A :class:`~sctraj.models.TrajectoryModel` fitted with ``method="metricfm"``; ``None`` uses the one stored in
+        ``adata.uns[key_added]``.
     source_time, target_time
         Two consecutive fitted time points, ``source_time < target_time`` (an interval the model was trained on).
     n_cells
@@ -41,21 +43,32 @@ def metric_paths(
         Points per path, evenly spaced in time from ``source_time`` to ``target_time`` (at least 2).
     random_state
         Seed of the pair draw.
+    key_added
+        Where the model is stored when ``model=None``.
 
     Returns
     -------
     A new AnnData with ``n_cells * n_grid`` rows (one per path point): positions in ``obsm[model.use_rep]``,
     ``obs["path"]`` (path index), ``obs["time"]``, ``obs["fraction"]`` (0 at the source cell, 1 at the target cell),
     ``obs["source_cell"]`` and ``obs["target_cell"]`` (obs names of the pair). ``adata`` is not modified.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> _ = sctraj.tl.fit_flow(adata, "time", method="metricfm", use_rep="X_sim", n_steps=50, progress=False)
+    >>> paths = sctraj.tl.metric_paths(adata, source_time=0.0, target_time=1.0, n_cells=10)
     """
     import anndata as ad
     import torch
 
     from ..engine import couplings
-    from ._predict import _check_model
+    from ._store import resolve_model
 
-    _check_model(model)
     check_adata(adata)
+    model = resolve_model(adata, model, key_added)
+    if source_time is None or target_time is None:
+        raise TypeError("metric_paths() needs source_time=... and target_time=... (two consecutive fitted times).")
     if not hasattr(model.method, "paths"):
         raise ValueError(
             f"metric_paths needs a model fitted with method='metricfm'; this one is {model.method_name!r} "

@@ -7,35 +7,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._validation import check_adata, get_rep, time_values
+from ._result import fill_result_doc, predicted_anndata
+from ._store import resolve_model
 from ._utils import population_groups
 
 
-def _check_model(model):
-    from ..models import TrajectoryModel
-
-    if not isinstance(model, TrajectoryModel):
-        raise TypeError(
-            f"model must be the TrajectoryModel returned by sctraj.tl.fit_flow or sctraj.tl.load_model, "
-            f"got {type(model).__name__}."
-        )
-
-
-def _result(X, obs, use_rep):
-    import anndata as ad
-
-    obs = obs.copy()
-    obs.index = obs.index.astype(str)
-    return ad.AnnData(obs=obs, obsm={use_rep: np.asarray(X, np.float32)})
-
-
+@fill_result_doc
 def predict(
     adata,
-    model,
+    model=None,
     *,
     source_time: float,
     target_time: float,
     n_steps: int = 100,
     solver: str = "euler",
+    key_added: str = "sctraj",
 ):
     """Push the cells observed at ``source_time`` to ``target_time`` (forward or backward in time).
 
@@ -45,23 +31,34 @@ def predict(
         AnnData with ``obs[model.time_key]`` and ``obsm[model.use_rep]`` (it may be new data, e.g. unseen
         populations for Meta FM).
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` (default) uses the model stored in
+        ``adata.uns[key_added]`` by :func:`fit_flow` (see :func:`get_model`).
     source_time, target_time
         Times within the fitted range; ``source_time`` must be observed in ``adata``.
     n_steps
         ODE steps over the interval.
     solver
         ``"euler"`` (the benchmark protocol), ``"midpoint"``, ``"rk4"`` or ``"dopri5"`` (adaptive).
+    key_added
+        Where the model is stored when ``model=None``; the result's ``sctraj_source``-style column and model record
+        use the same prefix.
 
     Returns
     -------
-    A new AnnData, one row per source cell, with the pushed positions in ``obsm[model.use_rep]`` (the fitted
-    ``n_dims`` dims), ``obs["time"]`` (= ``target_time``), ``obs["weight"]`` (mass of each pushed cell relative to one
-    cell at the source time; 1 for mass-conserving methods), ``obs["source_cell"]`` and the source cells' other obs
-    columns. ``adata`` is not modified.
+    A new AnnData, one row per source cell (``adata`` is not modified). {result}
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> _ = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False)
+    >>> pred = sctraj.tl.predict(adata, source_time=0.0, target_time=1.0)
+    >>> both = ad.concat({{"observed": adata, "predicted": pred}}, label="sctraj_source")
+    >>> back = sctraj.tl.predict(pred, source_time=1.0, target_time=0.0)  # predictions carry the model
     """
-    _check_model(model)
     check_adata(adata)
+    model = resolve_model(adata, model, key_added)
     t = time_values(adata, model.time_key)
     src = model.check_time(source_time, "source_time")
     tgt = model.check_time(target_time, "target_time")
@@ -80,23 +77,20 @@ def predict(
         xs, lw = model.push(X[pos], src, tgt, n_steps=n_steps, solver=solver, cond=cond)
         k = np.array([where[p] for p in pos])
         out[k], logw[k] = xs, lw
-    obs = adata.obs.iloc[order].copy()
-    obs.insert(0, "source_cell", obs.index.astype(str))
-    obs["time"] = float(tgt)
-    obs["source_time"] = float(src)
-    obs["weight"] = np.exp(logw.astype(np.float64))
-    return _result(out, obs, model.use_rep)
+    return predicted_anndata(adata, model, order, out, np.exp(logw.astype(np.float64)), src, tgt, key_added)
 
 
+@fill_result_doc
 def interpolate(
     adata,
-    model,
-    times: float | Sequence[float],
+    model=None,
+    times: float | Sequence[float] | None = None,
     *,
     n_cells: int | None = None,
     n_steps: int = 100,
     solver: str = "euler",
     random_state: int = 0,
+    key_added: str = "sctraj",
 ):
     """Generate cells at any times in the fitted range, observed or not.
 
@@ -108,9 +102,10 @@ def interpolate(
     adata
         The AnnData the model was fitted on (or one with the same time column and embedding).
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` (default) uses the one stored in
+        ``adata.uns[key_added]``.
     times
-        One time or a list of times.
+        One time or a list of times (required; keyword or third positional argument).
     n_cells
         Cells generated per time (drawn with replacement when larger than the source population); all source cells
         when ``None``.
@@ -118,16 +113,31 @@ def interpolate(
         As in :func:`predict`.
     random_state
         Seed of the cell draw.
+    key_added
+        As in :func:`predict`.
 
     Returns
     -------
-    AnnData of generated cells with ``obsm[model.use_rep]``, ``obs["time"]``, ``obs["source_time"]`` and
-    ``obs["weight"]``.
+    AnnData of generated cells, laid out as :func:`predict`'s result (one ``obs[time_key]`` value per requested
+    time). {result}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> _ = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False)
+    >>> gen = sctraj.tl.interpolate(adata, times=[0.5, 1.5], n_cells=20)
+    >>> gen.n_obs
+    40
     """
     import anndata as ad
 
-    _check_model(model)
     check_adata(adata)
+    if times is None and model is not None and not hasattr(model, "push"):
+        model, times = None, model  # interpolate(adata, 1.5) or interpolate(adata, [1, 2]): times where model goes
+    if times is None:
+        raise TypeError("interpolate() needs times=...: one time or a list of times in the fitted range.")
+    model = resolve_model(adata, model, key_added)
     times = [times] if np.ndim(times) == 0 else list(times)
     if not times:
         raise ValueError("times is empty: pass one time or a list of times.")
@@ -146,16 +156,40 @@ def interpolate(
         pool = np.flatnonzero(np.isclose(t_obs, src))
         pick = pool if n_cells is None else rng.choice(pool, size=n_cells, replace=n_cells > len(pool))
         sub = adata[np.sort(pick)] if n_cells is None else adata[pick]
-        res = predict(sub, model, source_time=src, target_time=tq, n_steps=n_steps, solver=solver)
+        res = predict(sub, model, source_time=src, target_time=tq, n_steps=n_steps, solver=solver,
+                      key_added=key_added)
         res.obs_names = [f"t{tq:g}_{i}" for i in range(res.n_obs)]
         parts.append(res)
-    out = ad.concat(parts, merge="first") if len(parts) > 1 else parts[0]
-    out.obs["time"] = out.obs["time"].astype(float)
-    return out
+    if len(parts) == 1:
+        return parts[0]
+    return ad.concat(parts, merge="first", uns_merge="first")
 
 
 def load_model(path, *, device: str = "auto"):
-    """Load a model saved with ``model.save(path)`` (plain types only; ``torch.load(weights_only=True)``)."""
+    """Load a model saved with ``model.save(path)`` (plain types only; ``torch.load(weights_only=True)``).
+
+    To keep a model with its data instead, write the AnnData: ``fit_flow`` stores the model in
+    ``adata.uns[key_added]`` and :func:`get_model` rebuilds it.
+
+    Parameters
+    ----------
+    path
+        A ``.pt`` file written by :meth:`~sctraj.models.TrajectoryModel.save`.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns
+    -------
+    The :class:`~sctraj.models.TrajectoryModel`.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> model = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False)
+    >>> model.save("model.pt")  # doctest: +SKIP
+    >>> model = sctraj.tl.load_model("model.pt")  # doctest: +SKIP
+    """
     from ..models import TrajectoryModel
 
     return TrajectoryModel.load(path, device=device)
