@@ -4,7 +4,8 @@
   dims of ``use_rep``): a kNN read-out, not a generated expression profile (``obs["nearest_cell"]`` names the cell).
 * ``obs[time_key]`` (the fit's time column, same dtype or categories) is the predicted time; ``obs[f"{key}_source"]``
   is ``"predicted"``; ``source_cell`` / ``source_time`` / ``weight`` say where each cell came from and its mass.
-* ``obsm[use_rep]`` holds the pushed positions (fitted dims; NaN in any further dims of ``use_rep``); every other
+* ``obsm[use_rep]`` holds the pushed positions (fitted dims; any further dims of ``use_rep`` are the nearest observed
+  cell's, so ``pred.obsm[use_rep][:, :n_dims]`` is the prediction); every other
   2- or 3-column ``X_*`` embedding of the input (UMAP, t-SNE, force layouts) is given at the distance-weighted mean position
   of the 15 nearest observed cells, as ``sctraj.pl`` places predictions.
 * ``uns[key_added]`` carries the fit record and the model, so ``predict`` runs again on the result.
@@ -24,9 +25,10 @@ It has the input's ``var``, and ``X`` (same type) holds the expression of each p
     fit's time column, same dtype) is the predicted time; ``obs[f"{key_added}_source"]`` is ``"predicted"``;
     ``obs["source_cell"]``, ``obs["source_time"]`` and ``obs["weight"]`` (mass relative to one source cell; 1 for
     mass-conserving methods) say where each cell came from; the source cells' other ``obs`` columns are kept
-    (except the fit's growth rate). ``obsm[use_rep]`` holds the pushed positions (the fitted ``n_dims``; NaN in
-    further columns), other 2-3 column ``X_*`` embeddings (e.g. ``X_umap``) the mean position of the 15 nearest observed cells. ``uns[key_added]`` holds the
-    model, so the result can be passed to ``predict`` again."""
+    (except the fit's growth rate). ``obsm[use_rep]`` holds the pushed positions in its first ``n_dims`` columns
+    (further columns, if the fit used fewer, are the nearest cell's); other 2-3 column ``X_*`` embeddings (e.g.
+    ``X_umap``) hold the mean position of the 15 nearest observed cells. ``uns[key_added]`` holds the model, so the
+    result can be passed to ``predict`` again."""
 
 
 def fill_result_doc(fn):
@@ -93,11 +95,11 @@ def predicted_anndata(adata, model, order: np.ndarray, X_pred: np.ndarray, weigh
     if adata.X is not None:
         X = adata.X[idx[:, 0]]
         X = X.copy() if sp.issparse(X) else np.array(X)
-    rep = np.asarray(adata.obsm[model.use_rep]) if model.use_rep != "X" else None
-    full = rep.shape[1] if rep is not None else model.dim
-    pos = np.full((n, full), np.nan, np.float32)
-    pos[:, : model.dim] = X_pred
-    obsm = {model.use_rep: pos} if model.use_rep != "X" else {}
+    obsm = {}
+    if model.use_rep != "X":  # pushed positions; dims beyond the fitted n_dims from the nearest observed cell
+        pos = np.array(np.asarray(adata.obsm[model.use_rep])[idx[:, 0]], np.float32)
+        pos[:, : model.dim] = X_pred
+        obsm[model.use_rep] = pos
     w = 1.0 / np.maximum(dist, 1e-12)
     w /= w.sum(1, keepdims=True)
     for key, emb in adata.obsm.items():
@@ -106,7 +108,7 @@ def predicted_anndata(adata, model, order: np.ndarray, X_pred: np.ndarray, weigh
             continue
         obsm[key] = np.einsum("nk,nkc->nc", w, np.asarray(emb, np.float64)[idx]).astype(emb.dtype, copy=False)
     if model.use_rep == "X":  # positions are the expression itself
-        X = np.full((n, adata.n_vars), np.nan, np.float32)
+        X = np.array(X.toarray() if sp.issparse(X) else X, np.float32)
         X[:, : model.dim] = X_pred
     record = {
         "params": {**model.setup, "config": model.method.config.to_dict()},
