@@ -7,12 +7,18 @@ minibatch, solved less often. Memory stays bounded by ``max(block_size, full_siz
 of cells; nothing builds a plan over all cells of a large snapshot. The next plan is prepared in a background thread
 while the network trains (POT's network simplex releases the GIL). A plan is kept only as its non-zero entries and
 their cumulative mass, so drawing pairs costs ``O(n log nnz)`` per refill, not a pass over the plan.
+
+Plans are solved with one BLAS thread (:func:`single_blas_thread`): the background solve runs beside the training
+thread, and a multi-threaded BLAS inside Sinkhorn's matrix-vector products spin-waits for cores that are already busy.
+On a 2-core machine under load a 2048 x 2048 semi-relaxed Sinkhorn plan took 0.13 CPU s with one BLAS thread against
+0.4-0.7 CPU s with two (``benchmarks/results/speed.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +26,33 @@ import numpy as np
 import ot
 
 PlanFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_state: dict = {"users": 0, "limits": None}
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """Run the block with one BLAS thread (threadpoolctl), restoring the previous setting when the last user leaves.
+
+    The BLAS thread count is process-wide, so concurrent users (one background solver per interval) share one
+    reference-counted limit: the first entry sets it, the last exit restores what was there before.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with _BLAS_LOCK:
+        if _blas_state["users"] == 0:
+            _blas_state["limits"] = threadpool_limits(1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limits"].restore_original_limits()
+                _blas_state["limits"] = None
 
 
 def sq_cost(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
@@ -136,6 +169,11 @@ class PairSampler:
     row_mass
         Unit of :attr:`Pairs.row_mass`: ``"share"`` (relative to the cell's share of ``a``) or ``"cell"`` (relative to a
         uniform ``1 / n`` share of the source block, so plans whose rows do not sum to ``a`` report growth).
+    n_pairs
+        Total number of pairs the caller will draw, if known (e.g. ``n_steps * batch_size``). The background thread
+        then stops preparing plans once enough pairs are prepared, instead of solving one more plan that is never used
+        (with ``None`` it always keeps the next plan ready). Drawing more pairs still works: a plan is then solved on
+        demand.
     """
 
     def __init__(
@@ -153,6 +191,7 @@ class PairSampler:
         background: bool = True,
         row_mass: str = "share",
         full_size: int | None = None,
+        n_pairs: int | None = None,
     ) -> None:
         if row_mass not in ("share", "cell"):
             raise ValueError(f"row_mass must be 'share' or 'cell', got {row_mass!r}.")
@@ -172,10 +211,12 @@ class PairSampler:
         self._cache: Pairs | None = None
         self._pos = 0
         self._plan_full: PlanTable | None = None
+        self.n_pairs = None if n_pairs is None else int(n_pairs)
+        self._prepared = 0  # pairs in the caches made or requested so far
         self._pool = ThreadPoolExecutor(1) if (background and plan_fn is not None) else None
         self._future: Future | None = None
         if self._pool is not None:
-            self._future = self._pool.submit(self._make)
+            self._submit()
 
     # -- internals -------------------------------------------------------------------------------------------
     def _block(self, n: int, size: int) -> np.ndarray:
@@ -191,12 +232,14 @@ class PairSampler:
             return Pairs(i0, i1, np.ones(n))
         if self.single_block:
             if self._plan_full is None:
-                self._plan_full = PlanTable(self.plan_fn(self.x0, self.x1, self.a, self.b))
+                with single_blas_thread():
+                    self._plan_full = PlanTable(self.plan_fn(self.x0, self.x1, self.a, self.b))
             table, b0, b1 = self._plan_full, None, None
             a_blk = self.a
         else:
             b0, b1 = self._block(self.n0, self.block_size), self._block(self.n1, self.block_size)
-            table = PlanTable(self.plan_fn(self.x0[b0], self.x1[b1], self.a[b0], self.b[b1]))
+            with single_blas_thread():
+                table = PlanTable(self.plan_fn(self.x0[b0], self.x1[b1], self.a[b0], self.b[b1]))
             a_blk = self.a[b0]
         r, c = table.sample(n, self.rng)
         # mass sent by each source cell relative to its share a_i / sum(a) of the source marginal ("share") or to a
@@ -205,11 +248,21 @@ class PairSampler:
         row_mass = table.rows[r] / np.maximum(share, 1e-300)
         return Pairs(r if b0 is None else b0[r], c if b1 is None else b1[c], row_mass)
 
+    def _submit(self) -> None:
+        assert self._pool is not None
+        if self.n_pairs is not None and self._prepared >= self.n_pairs:
+            self._future = None  # every pair the caller asked for is prepared: no plan that would go unused
+            return
+        self._prepared += self.batch_size * self.refresh
+        self._future = self._pool.submit(self._make)
+
     def _refill(self) -> None:
         if self._pool is not None:
-            assert self._future is not None
+            if self._future is None:  # drawing past n_pairs: solve on demand
+                self._prepared += self.batch_size * self.refresh
+                self._future = self._pool.submit(self._make)
             self._cache = self._future.result()
-            self._future = self._pool.submit(self._make)
+            self._submit()
         else:
             self._cache = self._make()
         self._pos = 0
