@@ -66,6 +66,49 @@ def test_pair_sampler_blocks_bound_plan_size():
     assert seen and all(a <= 100 and b <= 100 for a, b in seen)
 
 
+def test_pair_sampler_n_pairs_solves_no_unused_plan():
+    # 5 steps of 50 pairs from plans serving 2 steps each need 3 plans; without n_pairs a 4th is prepared ahead
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(300, 2)), rng.normal(size=(300, 2))
+    for n_pairs in (5 * 50, None):
+        calls = []
+
+        def plan_fn(a, b, wa, wb, calls=calls):
+            calls.append(1)
+            return couplings.exact_plan(a, b)
+
+        s = couplings.PairSampler(x0, x1, plan_fn, batch_size=50, block_size=100, refresh=2,
+                                  rng=np.random.default_rng(1), n_pairs=n_pairs)
+        first = [s.next() for _ in range(5)]
+        prepared_ahead = s._future is not None
+        s.close()
+        if n_pairs is None:
+            assert prepared_ahead  # the next plan is always prepared ahead
+        else:
+            assert not prepared_ahead and len(calls) == 3
+    # the pairs do not depend on n_pairs, and drawing past n_pairs still works (a plan is solved on demand)
+    s2 = couplings.PairSampler(x0, x1, couplings.exact_plan, batch_size=50, block_size=100, refresh=2,
+                               rng=np.random.default_rng(1), n_pairs=5 * 50)
+    again = [s2.next() for _ in range(5)]
+    assert all(np.array_equal(p.i0, q.i0) and np.array_equal(p.i1, q.i1) for p, q in zip(first, again, strict=True))
+    assert len(s2.next().i0) == 50
+    s2.close()
+
+
+def test_single_blas_thread_restores_the_setting():
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+    before = blas()
+    with couplings.single_blas_thread():
+        with couplings.single_blas_thread():  # nested / concurrent users share one limit
+            assert all(n == 1 for n in blas())
+        assert all(n == 1 for n in blas())
+    assert blas() == before
+
+
 @pytest.mark.parametrize("path", [paths.StraightPath(0.3), paths.BrownianBridgePath(0.5)])
 def test_paths_hit_endpoints_and_velocity_is_derivative(path):
     g = torch.Generator().manual_seed(0)
