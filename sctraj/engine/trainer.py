@@ -9,6 +9,10 @@ arithmetic, set the speed:
 * on CPU, training runs with ``num_threads`` intra-op threads (``1`` for the methods' MLPs): a width-64 network on a
   few hundred cells gains nothing from threading, and on a shared or oversubscribed CPU the extra threads spin-wait
   and slow every step by 10x or more (``benchmarks/results/threads.md``). Torch's setting is restored afterwards.
+
+Inside a data-parallel ``fit_flow`` (several ranks, :mod:`sctraj.engine.distributed`) each step's gradients are
+averaged over the ranks before the optimiser step, the logged losses are averaged at each sync, and an exception on
+one rank stops every rank at the same step.
 """
 
 from __future__ import annotations
@@ -76,7 +80,12 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    from . import distributed
+
     params = [p for p in params if p.requires_grad]
+    sync = distributed.gradient_sync(params, desc)  # None unless fit_flow runs data-parallel on several ranks
+    if sync is not None:
+        progress = progress and sync.ctx.is_main
     opt = make_optimizer(params, lr, weight_decay)
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
@@ -97,12 +106,20 @@ def train(
         if not pending:
             return
         keys = list(pending[0])
-        cols = {k: torch.stack([o[k].reshape(()) for o in pending]).float().cpu().tolist() for k in keys}
+        if sync is None:
+            cols = {k: torch.stack([o[k].reshape(()) for o in pending]).float().cpu().tolist() for k in keys}
+        else:  # the mean over the ranks: every rank logs the same values and stops on the same step
+            vals = torch.stack([torch.stack([o[k].reshape(()).to(sync.device, torch.float32) for k in keys])
+                                for o in pending])
+            vals = sync.mean_losses(vals).cpu()
+            cols = {k: vals[:, j].tolist() for j, k in enumerate(keys)}
         first = step - len(pending) + 1
         for i, v in enumerate(cols["loss"]):
             if not math.isfinite(v):
                 raise FloatingPointError(
-                    f"{desc}: the loss became {v} at step {first + i}. Lower the learning rate (lr=..., now {lr}) "
+                    f"{desc}: the loss became {v} at step {first + i}"
+                    + (f" (mean over {sync.ctx.world_size} ranks)" if sync is not None else "")
+                    + f". Lower the learning rate (lr=..., now {lr}) "
                     "or check the scale of the embedding (very large values? try sctraj.pp.scale_embedding)."
                 )
         for k in keys:
@@ -113,10 +130,19 @@ def train(
     with cpu_threads(num_threads):
         bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
         for step in bar:
-            out = loss_fn(step)
-            loss = out["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if sync is None:
+                out = loss_fn(step)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+            else:
+                error = None
+                try:
+                    out = loss_fn(step)
+                    opt.zero_grad(set_to_none=True)
+                    out["loss"].backward()
+                except Exception as e:  # noqa: BLE001 - re-raised by sync.step after telling the other ranks
+                    error = e
+                sync.step(step, error)  # gradients averaged over the ranks; raises on every rank if one failed
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()

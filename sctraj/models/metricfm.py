@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import couplings
+from ..engine import couplings, distributed
 from ..engine.metrics import LANDMetric, RBFMetric, resolve_metric
 from ..engine.nn import VectorField, mlp
 from ..engine.trainer import train
@@ -246,6 +246,7 @@ class MetricFM(BaseMethod):
                 m.fit(Xk, sub)
             else:
                 m.fit(Xk, sub)
+        distributed.broadcast_module(self.metrics)  # data-parallel fits: every rank uses rank 0's metrics
 
         def batch():
             x0s, x1s, ss, t0s, dts, ks = [], [], [], [], [], []
@@ -279,7 +280,7 @@ class MetricFM(BaseMethod):
                         x0, x1, s, _, _, ks = batch()
                         xt = (1 - s[:, None]) * x0 + s[:, None] * x1
                         e0 += energies(xt, x1 - x0, ks) / n_ref
-                    e0 = e0.clamp_min(1e-12)
+                    e0 = distributed.mean(e0).clamp_min(1e-12)  # (averaged over the ranks of a data-parallel fit)
 
                 def geo_loss(step):
                     x0, x1, s, t0, dt, ks = batch()

@@ -35,6 +35,7 @@ def fit_flow(
     progress: bool = True,
     trajectory_n_grid: int | None = None,
     copy: bool = False,
+    distributed: bool | None = None,
     **method_params: Any,
 ):
     """Learn the continuous dynamics that carry each snapshot of a time course into the next.
@@ -81,6 +82,14 @@ def fit_flow(
     copy
         Fit on a copy of ``adata`` and return it (``adata`` itself is left untouched); the model is then reached with
         :func:`~sctraj.tl.get_model`.
+    distributed
+        Data-parallel training over the ranks of a :mod:`torch.distributed` process group (one process per device,
+        started by ``torchrun``; see :doc:`/distributed`). ``None`` (default): when a process group is initialised;
+        ``True``: always (initialising the group from ``torchrun``'s environment if needed, ``nccl`` on CUDA, ``gloo``
+        on CPU); ``False``: never. Every rank must make the same call; ``batch_size`` is per rank. Only rank 0 computes
+        the per-cell outputs and writes into ``adata``; the other ranks return the same trained model (``None`` with
+        ``copy=True``) and leave their ``adata`` untouched. The same seed and number of ranks give the same result; one rank gives the same
+        result as a plain call.
     **method_params
         Settings of the method's config (network ``width``/``depth``/``activation``, ``lr``, ``sigma``, ...), and
         method-specific inputs (e.g. ``total_mass`` for ``"vgfm"``, ``condition_key`` for ``"metafm"``).
@@ -118,6 +127,7 @@ def fit_flow(
     import torch
 
     from .. import __version__
+    from ..engine import distributed as dist_engine
     from ..models import FitData, TrajectoryModel, get_method, resolve_device
 
     check_adata(adata)
@@ -131,6 +141,8 @@ def fit_flow(
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
     check_trajectory_n_grid(trajectory_n_grid)
     dev = resolve_device(device)
+    ctx = dist_engine.resolve(distributed, dev)  # None: this process alone
+    dev = dist_engine.device_for(ctx, dev)
     if population_key is not None and population_key not in adata.obs:
         raise KeyError(f"population_key {population_key!r} is not a column of adata.obs.")
     if Method.needs_population and population_key is None:
@@ -158,13 +170,14 @@ def fit_flow(
     meta = Method.prepare(adata, tc, data, params, population_key=population_key)
     config = Method.Config.from_params(params)
 
-    rng = np.random.default_rng(seed)
+    rng = dist_engine.data_rng(seed, ctx)  # pairs, times, noise: one stream per rank (rank 0: the plain stream)
     # torch's global generator initialises the network: under a lock, so that fits running in threads of one process
     # (e.g. leave_one_out on a threaded joblib / Dask backend) cannot interleave their seeds
     with _INIT_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         module = Method(tc.dim, config, meta)
     module.to(dev)
+    dist_engine.broadcast_module(module, ctx)  # the same initial weights on every rank
     setup = {
         "method": method,
         "time_key": time_key,
@@ -182,6 +195,8 @@ def fit_flow(
         "device": str(dev),
         "version": __version__,
     }
+    if ctx is not None:
+        setup["distributed"] = ctx.record()
     if population_key is not None:
         setup["population_key"] = population_key
     if meta.get("condition_key"):
@@ -190,12 +205,15 @@ def fit_flow(
     logger.info(f"fitting {method!r} on {allX.shape[0]} cells x {tc.dim} dims, times {setup['times']} ({dev})")
     t_start = _time.perf_counter()
     module.train()
-    history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev,
-                         progress=settings.show_progress(progress))
+    with dist_engine.activate(ctx):
+        history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev,
+                             progress=settings.show_progress(progress))
     fit_seconds = _time.perf_counter() - t_start
     module.eval()
     setup["fit_seconds"] = fit_seconds
     model = TrajectoryModel(module, setup, history)
+    if ctx is not None and not ctx.is_main:
+        return None if copy else model  # outputs and writes on rank 0 only
 
     # ---- compute every output first; write only when all succeeded ------------------------------------------
     outputs = compute_outputs(adata, model, tc, trajectory_n_grid)
