@@ -5,6 +5,7 @@ Examples
 .. code-block:: bash
 
     sctraj fit data.h5ad --time-key day --method otcfm --use-rep X_pca --out fitted.h5ad --figures figs/
+    torchrun --standalone --nproc-per-node=2 -m sctraj.cli fit data.h5ad --time-key day --out fitted.h5ad --distributed
     sctraj benchmark data.h5ad --time-key day --methods icfm otcfm --use-rep X_pca --out loo.csv
     sctraj demo --out sctraj_demo          # bundled hematopoiesis data; SCTRAJ_FAST=1 for a quick run
 
@@ -193,8 +194,12 @@ def cmd_fit(args) -> int:
         adata, args.time_key, method=args.method, use_rep=args.use_rep, n_dims=args.n_dims,
         exclude_times=args.exclude_times, population_key=args.population_key, n_steps=args.n_steps,
         batch_size=args.batch_size, device=args.device, random_state=args.seed, key_added=args.key_added,
-        progress=not args.quiet, **params,
+        progress=not args.quiet, distributed=True if args.distributed else None, **params,
     )
+    from .engine import distributed
+
+    if distributed.rank() != 0:  # data-parallel run: rank 0 writes every output
+        return 0
     if args.figures:
         paths = save_figures(adata, args.key_added, Path(args.figures), basis=args.basis)
         print(f"wrote {len(paths)} figures to {args.figures}/")
@@ -380,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto")
     f.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter, repeatable")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes started by torchrun (rank 0 writes the outputs); "
+                        "e.g. torchrun --standalone --nproc-per-node=2 -m sctraj.cli fit ... --distributed")
     f.set_defaults(func=cmd_fit)
 
     b = sub.add_parser("benchmark", help="leave-one-time-point-out benchmark of several methods")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import _ddp_worker as W
 import numpy as np
@@ -140,3 +145,24 @@ def test_distributed_true_without_torchrun_says_how_to_start(monkeypatch, adata_
         sctraj.tl.fit_flow(adata_time, "time", use_rep="X_pca", distributed=True, n_steps=2, progress=False)
     with pytest.raises(TypeError, match="distributed"):
         sctraj.tl.fit_flow(adata_time, "time", use_rep="X_pca", distributed="yes", n_steps=2, progress=False)
+
+
+def test_example_script_under_torchrun(tmp_path):
+    """The documented command: torchrun --standalone --nproc-per-node=2 examples/train_ddp.py ... (2 gloo ranks)."""
+    root = Path(__file__).resolve().parents[1]
+    ad = W.data()
+    ad.write_h5ad(tmp_path / "in.h5ad")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(root / "examples" / "train_ddp.py"), "--input", str(tmp_path / "in.h5ad"), "--time-key", "time",
+           "--use-rep", "X_pca", "--n-steps", "5", "--batch-size", "16", "--heldout", "1.0", "--param", "width=16",
+           "--out", str(tmp_path / "out.h5ad"), "--json", str(tmp_path / "run.json")]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run.json").read_text())
+    assert res["world_size"] == 2 and res["batch_size_per_rank"] == 16 and np.isfinite(res["W1"])
+    import anndata
+
+    out = anndata.read_h5ad(tmp_path / "out.h5ad")
+    assert out.uns["sctraj"]["params"]["distributed"]["world_size"] == 2
+    assert "sctraj_velocity_pca" in out.obsm

@@ -83,6 +83,19 @@ def leave_one_out(
     -------
     :class:`pandas.DataFrame` with columns ``method``, ``heldout``, ``seed``, ``W1``, ``W2``, ``MMD``,
     ``fit_seconds``, ``n_train_steps``. ``adata`` is not modified.
+
+    Examples
+    --------
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> scores = sctraj.tl.leave_one_out(adata, "day", methods=["otcfm"], use_rep="X_emb", n_jobs=2)  # doctest: +SKIP
+
+    The same call on a Dask cluster (``pip install "sctraj[dask]"``), with identical results:
+
+    >>> import joblib
+    >>> from dask.distributed import Client
+    >>> client = Client()  # doctest: +SKIP
+    >>> with joblib.parallel_backend("dask"):  # doctest: +SKIP
+    ...     scores = sctraj.tl.leave_one_out(adata, "day", methods=["otcfm", "vgfm"], use_rep="X_emb", seeds=range(3))
     """
     check_adata(adata)
     methods = [methods] if isinstance(methods, str) else list(methods)
