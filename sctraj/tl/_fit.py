@@ -88,8 +88,8 @@ def fit_flow(
         ``True``: always (initialising the group from ``torchrun``'s environment if needed, ``nccl`` on CUDA, ``gloo``
         on CPU); ``False``: never. Every rank must make the same call; ``batch_size`` is per rank. Only rank 0 computes
         the per-cell outputs and writes into ``adata``; the other ranks return the same trained model (``None`` with
-        ``copy=True``) and leave their ``adata`` untouched. The same seed and number of ranks give the same result; one rank gives the same
-        result as a plain call.
+        ``copy=True``) and leave their ``adata`` untouched. The same seed and number of ranks give the same result;
+        one rank gives the same result as a plain call.
     **method_params
         Settings of the method's config (network ``width``/``depth``/``activation``, ``lr``, ``sigma``, ...), and
         method-specific inputs (e.g. ``total_mass`` for ``"vgfm"``, ``condition_key`` for ``"metafm"``).
