@@ -1,6 +1,7 @@
 """Tools: fit flows, push and generate cells, benchmark. torch is imported only when these functions run."""
 
 from ._benchmark import leave_one_out
+from ._fates import cell_transition, couplings, fate_probabilities, pull, push
 from ._fit import fit_flow
 from ._metrics import evaluate
 from ._paths import metric_paths
@@ -18,4 +19,9 @@ __all__ = [
     "evaluate",
     "velocity_embedding",
     "metric_paths",
+    "fate_probabilities",
+    "cell_transition",
+    "push",
+    "pull",
+    "couplings",
 ]
