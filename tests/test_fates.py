@@ -241,3 +241,29 @@ def test_cellrank_realtime_kernel_gpcca():
     assert spearmanr(np.asarray(fp)[src, b], adata.obs["true_B"][src]).statistic > 0.8
     drivers = g.compute_lineage_drivers()
     assert {"A_corr", "B_corr"} <= set(drivers.columns) and len(drivers) == 12
+
+
+def test_plots_follow_the_contract(fitted, tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+
+    adata, models = fitted
+    adata = adata.copy()
+    with pytest.raises(KeyError, match="tl.fate_probabilities"):
+        sctraj.pl.fate_probabilities(adata, basis="X_sim", show=False)
+    sctraj.tl.fate_probabilities(adata, models["otcfm"], "fate", n_steps=10)
+    axs = sctraj.pl.fate_probabilities(adata, basis="X_sim", show=False)
+    assert len(axs) == 2 and all(isinstance(a, Axes) for a in axs)
+    fig = sctraj.pl.fate_probabilities(adata, basis="sim", fates="B", return_fig=True, save=tmp_path / "f.png")
+    assert (tmp_path / "f.png").exists() and fig.axes[0].get_title() == "B"
+    with pytest.raises(ValueError, match="not among the computed fates"):
+        sctraj.pl.fate_probabilities(adata, basis="X_sim", fates="C", show=False)
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="one panel"):
+        sctraj.pl.fate_probabilities(adata, basis="X_sim", ax=ax, show=False)
+    tab = sctraj.tl.cell_transition(adata, models["otcfm"], 1, 2, "side", "fate", n_steps=10)
+    out = sctraj.pl.cell_transition(tab, ax=ax, show=False)
+    assert out is ax and len(ax.texts) == tab.size
+    with pytest.raises(TypeError, match="DataFrame"):
+        sctraj.pl.cell_transition(tab.to_numpy(), show=False)
+    plt.close("all")

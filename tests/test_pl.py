@@ -151,9 +151,36 @@ def test_image_benchmark(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # the scanpy contract, for every plotting function
 # ---------------------------------------------------------------------------------------------------------------
+def _with_fates(a):
+    """What tl.fate_probabilities writes: P(erythroid) rises with the second coordinate; NaN at the last time."""
+    p = 1.0 / (1.0 + np.exp(-3.0 * a.obsm["X_pca"][:, 1]))
+    P = np.c_[p, 1.0 - p]
+    P[a.obs["time"].to_numpy() == 2.5] = np.nan
+    a.obsm["sctraj_fate_probabilities"] = pd.DataFrame(P, index=a.obs_names, columns=["erythroid", "myeloid"])
+    a.uns["sctraj"]["fate_probabilities"] = {"groupby": "cell_type", "target_time": 2.5, "growth_weighted": False}
+    return a
+
+
+def _transition_table():
+    return pd.DataFrame([[0.8, 0.2], [0.1, 0.9], [0.55, 0.45]], index=pd.Index(["ery", "mye", "prog"], name="day 2"),
+                        columns=pd.Index(["erythroid", "myeloid"], name="day 4"))
+
+
+def test_image_fate_probabilities(fitted, tmp_path):
+    fig = sctraj.pl.fate_probabilities(_with_fates(fitted), basis="umap", return_fig=True)
+    check_image(fig, "fate_probabilities", tmp_path)
+
+
+def test_image_cell_transition(tmp_path):
+    check_image(sctraj.pl.cell_transition(_transition_table(), return_fig=True), "cell_transition", tmp_path)
+
+
 def _calls(a):
     sctraj.tl.velocity_embedding(a, basis="umap")
+    _with_fates(a)
     return {
+        "fate_probabilities": lambda **kw: sctraj.pl.fate_probabilities(a, fates="myeloid", **kw),
+        "cell_transition": lambda **kw: sctraj.pl.cell_transition(_transition_table(), **kw),
         "trajectories": lambda **kw: sctraj.pl.trajectories(a, n_paths=30, **kw),
         "velocity_stream": lambda **kw: sctraj.pl.velocity_stream(a, basis="umap", n_grid=15, **kw),
         "mass": lambda **kw: sctraj.pl.mass(a, **kw),
@@ -164,7 +191,8 @@ def _calls(a):
     }
 
 
-PLOTS = ["trajectories", "velocity_stream", "mass", "growth", "marginals", "training", "benchmark"]
+PLOTS = ["trajectories", "velocity_stream", "mass", "growth", "marginals", "training", "benchmark",
+         "fate_probabilities", "cell_transition"]
 
 
 def test_every_pl_function_is_covered():

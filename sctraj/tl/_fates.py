@@ -316,7 +316,8 @@ def cell_transition(
     n_steps: int = 100,
     solver: str = "euler",
 ) -> pd.DataFrame:
-    """Cell-type transition table between two time points, from the flow (moscot's ``cell_transition``).
+    """Cell-type transition table between two time points, from the flow (moscot's ``cell_transition``
+    :cite:p:`Klein2025`).
 
     ``forward=True``: each source cell's fates are computed as in :func:`fate_probabilities` and averaged over the
     cells of each source type, weighted by predicted mass for growth-aware methods: entry ``(a, b)`` is the share of
@@ -407,7 +408,8 @@ def push(
 
     The source cells (all from one time point) are pushed forward through the flow and each is spread over the
     observed ``target_time`` cells by the label-transfer kernel; for growth-aware methods each cell counts with its
-    predicted mass, so the result is the distribution of the set's progeny (moscot's ``push``).
+    predicted mass, so the result is the distribution of the set's progeny (moscot's ``push``
+    :cite:p:`Klein2025`).
 
     Parameters
     ----------
@@ -526,7 +528,7 @@ def couplings(
     observed ``t_b`` cells by the label-transfer kernel: an ``n_a x n_b`` :class:`scipy.sparse.csr_matrix` with
     ``n_neighbors`` entries per row, rows summing to 1 (rows and columns in ``adata`` order of those cells). Hand
     the result to :class:`cellrank.kernels.RealTimeKernel` (``pip install 'sctraj[cellrank]'``) for GPCCA terminal
-    states, fate probabilities and driver genes :cite:`weiler:24`; CellRank needs a categorical time column.
+    states, fate probabilities and driver genes :cite:p:`Weiler2024`; CellRank needs a categorical time column.
 
     Parameters
     ----------
