@@ -142,6 +142,8 @@ def test_cell_transition_push_pull(fitted):
     src = ((adata.obs["time"] == 0) & (adata.obs["side"] == "right")).to_numpy()
     pushed = sctraj.tl.push(adata, model, src, 2, n_steps=10)
     assert np.isclose(pushed.sum(), 1.0) and len(pushed) == int((adata.obs["time"] == 2).sum())
+    pd.testing.assert_series_equal(sctraj.tl.push(adata, model, ("side", "right"), 2, source_time=0, n_steps=10),
+                                   pushed)
     col = adata.obs["sctraj_push"]
     assert col[(adata.obs["time"] != 2).to_numpy()].isna().all()
     assert pushed[adata.obs.loc[pushed.index, "fate"] == "B"].sum() > 0.7
@@ -194,7 +196,8 @@ def test_bad_inputs_leave_adata_unchanged(fitted):
          lambda: sctraj.tl.push(adata, model, (adata.obs["time"] == 2).to_numpy(), 1)),
         (ValueError, "must be before", lambda: sctraj.tl.pull(adata, model, ("fate", "A"), 2)),
         (ValueError, "has shape", lambda: sctraj.tl.push(adata, model, np.ones(5, bool), 2)),
-        (ValueError, "several time points", lambda: sctraj.tl.push(adata, model, ("side", "left"), 2)),
+        (ValueError, "several time points.*source_time=",
+         lambda: sctraj.tl.push(adata, model, ("side", "left"), 2)),
         (TypeError, "boolean mask", lambda: sctraj.tl.push(adata, model, np.arange(adata.n_obs), 2)),
         (ValueError, "n_neighbors", lambda: sctraj.tl.fate_probabilities(adata, model, "fate", n_neighbors=0)),
     ]

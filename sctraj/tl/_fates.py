@@ -121,12 +121,19 @@ def _selection(adata, sel, what: str) -> np.ndarray:
     return arr
 
 
-def _one_time(t: np.ndarray, mask: np.ndarray, model, what: str) -> float:
+def _at_time(t: np.ndarray, mask: np.ndarray, tv: float, what: str) -> np.ndarray:
+    out = mask & np.isclose(t, tv)
+    if not out.any():
+        raise ValueError(f"None of the {what} cells is observed at time {tv:g}.")
+    return out
+
+
+def _one_time(t: np.ndarray, mask: np.ndarray, model, what: str, arg: str) -> float:
     tv = np.unique(t[mask])
     if len(tv) > 1:
         raise ValueError(
-            f"The {what} cells come from several time points ({tv.tolist()}); select cells of one time point, e.g. "
-            f"mask & (adata.obs[{model.time_key!r}] == {tv[0]:g}).to_numpy()."
+            f"The {what} cells come from several time points ({tv.tolist()}); pass {arg}=<one of them> to keep "
+            f"the cells of one time point."
         )
     return model.check_time(tv[0], f"time of the {what} cells")
 
@@ -399,6 +406,7 @@ def push(
     source,
     target_time: float,
     *,
+    source_time: float | None = None,
     n_neighbors: int = 30,
     n_steps: int = 100,
     solver: str = "euler",
@@ -418,10 +426,11 @@ def push(
     model
         A fitted :class:`~sctraj.models.TrajectoryModel`.
     source
-        Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair, e.g. ``("cell_type", "undiff")``
-        together with one time point (a mask such as ``(adata.obs.day == 2) & (adata.obs.cell_type == "undiff")``).
+        Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair, e.g. ``("cell_type", "undiff")``.
     target_time
         Observed time after the source cells' time.
+    source_time
+        Keep only the selected cells observed at this time; needed when the selection spans several time points.
     {rule}
     key_added
         Column of ``adata.obs`` to write.
@@ -433,15 +442,16 @@ def push(
 
     Examples
     --------
-    >>> src = ((adata.obs["day"] == 4) & (adata.obs["cell_type"] == "undiff")).to_numpy()
-    >>> sctraj.tl.push(adata, model, src, target_time=6)
+    >>> sctraj.tl.push(adata, model, ("cell_type", "undiff"), target_time=6, source_time=4)
     >>> sc.pl.embedding(adata, basis="emb", color="sctraj_push")
     """
     t, X = _setup(adata, model)
     _check_common(n_neighbors, None, n_steps, solver)
     key_added = _check_key(key_added, "key_added")
     mask = _selection(adata, source, "source")
-    src = _one_time(t, mask, model, "source")
+    if source_time is not None:
+        mask = _at_time(t, mask, _observed_time(t, model, source_time, "source_time"), "source")
+    src = _one_time(t, mask, model, "source", "source_time")
     tgt = _observed_time(t, model, target_time, "target_time")
     if tgt <= src:
         raise ValueError(
@@ -462,6 +472,7 @@ def pull(
     target,
     source_time: float,
     *,
+    target_time: float | None = None,
     n_neighbors: int = 30,
     n_steps: int = 100,
     solver: str = "euler",
@@ -480,9 +491,11 @@ def pull(
     model
         A fitted :class:`~sctraj.models.TrajectoryModel`.
     target
-        Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair of cells from one time point.
+        Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair.
     source_time
         Observed time before the target cells' time.
+    target_time
+        Keep only the selected cells observed at this time; needed when the selection spans several time points.
     {rule}
     key_added
         Column of ``adata.obs`` to write.
@@ -493,13 +506,15 @@ def pull(
 
     Examples
     --------
-    >>> sctraj.tl.pull(adata, model, ("cell_type", "Neutrophil"), source_time=4)
+    >>> sctraj.tl.pull(adata, model, ("cell_type", "Neutrophil"), source_time=4, target_time=6)
     """
     t, X = _setup(adata, model)
     _check_common(n_neighbors, None, n_steps, solver)
     key_added = _check_key(key_added, "key_added")
     mask = _selection(adata, target, "target")
-    tgt = _one_time(t, mask, model, "target")
+    if target_time is not None:
+        mask = _at_time(t, mask, _observed_time(t, model, target_time, "target_time"), "target")
+    tgt = _one_time(t, mask, model, "target", "target_time")
     src = _observed_time(t, model, source_time, "source_time")
     if src >= tgt:
         raise ValueError(
