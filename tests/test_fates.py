@@ -165,6 +165,10 @@ def test_couplings_sparse_rows_sum_to_one(fitted):
     for M in c.values():
         assert sp.isspmatrix_csr(M) and M.shape == (150, 150) and M.nnz == 150 * 12
         np.testing.assert_allclose(np.asarray(M.sum(1)).ravel(), 1.0, atol=1e-9)
+    # model=None: the model fit_flow stored in adata.uns["sctraj"] (the fixture's last fit, vgfm)
+    stored = sctraj.tl.couplings(adata, None, n_steps=10, n_neighbors=12)
+    for k, M in c.items():
+        np.testing.assert_allclose(stored[k].toarray(), M.toarray(), atol=1e-5)
     sub = adata.copy()
     sub.obs["time"] = sub.obs["time"].map({0.0: "0", 1.0: "1", 2.0: "2"}).astype("category")
     assert list(sctraj.tl.couplings(sub, models["vgfm"], times=[1, 2], n_steps=5)) == [("1", "2")]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_adata, get_rep, time_values
-from ._predict import _check_model
+from ._store import resolve_model
 from ._transfer import check_n_neighbors, kernel_weights, one_hot, row_normalize
 from ._utils import h5ad_safe, population_groups
 
@@ -23,10 +23,11 @@ from ._utils import h5ad_safe, population_groups
 # ---------------------------------------------------------------------------------------------------------------
 # checks shared by the fate functions (all raise before anything is written)
 # ---------------------------------------------------------------------------------------------------------------
-def _setup(adata, model) -> tuple[np.ndarray, np.ndarray]:
-    """Validated ``(time of each cell, embedding in the model's dims)``."""
-    _check_model(model)
+def _setup(adata, model, key: str):
+    """The model (``None``: the one stored in ``adata.uns[key]``), each cell's time and the embedding in its dims."""
     check_adata(adata)
+    _check_key(key, "key")
+    model = resolve_model(adata, model, key)
     t = time_values(adata, model.time_key)
     use_rep, dim = model.use_rep, model.dim
     if use_rep != "X" and use_rep not in adata.obsm:
@@ -44,7 +45,7 @@ def _setup(adata, model) -> tuple[np.ndarray, np.ndarray]:
             f"it is a different embedding. Use the embedding the model was fitted on, or refit on this one with "
             f"sctraj.tl.fit_flow(adata, {model.time_key!r}, use_rep={use_rep!r})."
         )
-    return t, get_rep(adata, use_rep, dim)
+    return model, t, get_rep(adata, use_rep, dim)
 
 
 def _observed_time(t: np.ndarray, model, value, what: str) -> float:
@@ -224,7 +225,8 @@ def fate_probabilities(
     adata
         AnnData with ``obs[model.time_key]``, ``obsm[model.use_rep]`` and ``obs[groupby]``.
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel` (from :func:`sctraj.tl.fit_flow`).
+        A fitted :class:`~sctraj.models.TrajectoryModel` (from :func:`sctraj.tl.fit_flow`); ``None`` uses the one
+        stored in ``adata.uns[key_added]`` (see :func:`sctraj.tl.get_model`).
     groupby
         Column of ``adata.obs`` with the cell types (annotated at least at ``target_time``).
     target_time
@@ -236,7 +238,7 @@ def fate_probabilities(
         Size of the neighbourhood (the cell included) at the cell's own time whose progeny defines its fate; ``1``
         uses the cell alone.
     key_added
-        Prefix of the keys written.
+        Prefix of the keys written (and where the model is read from when ``model=None``).
 
     Returns
     -------
@@ -256,9 +258,9 @@ def fate_probabilities(
     >>> fates = sctraj.tl.fate_probabilities(adata, model, "cell_type")
     >>> sctraj.pl.fate_probabilities(adata, basis="emb")
     """
-    t, X = _setup(adata, model)
-    _check_common(n_neighbors, n_source_neighbors, n_steps, solver)
     key_added = _check_key(key_added, "key_added")
+    model, t, X = _setup(adata, model, key_added)
+    _check_common(n_neighbors, n_source_neighbors, n_steps, solver)
     if key_added in adata.uns and not isinstance(adata.uns[key_added], Mapping):
         raise TypeError(f"adata.uns[{key_added!r}] exists and is not a dict; pass another key_added.")
     codes, cats = _labels(adata, groupby, "groupby")
@@ -318,6 +320,7 @@ def cell_transition(
     target_groups: str,
     *,
     forward: bool = True,
+    key: str = "sctraj",
     n_neighbors: int = 30,
     n_source_neighbors: int = 5,
     n_steps: int = 100,
@@ -337,13 +340,15 @@ def cell_transition(
     adata
         AnnData with ``obs[model.time_key]`` and ``obsm[model.use_rep]``.
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` uses the one stored in ``adata.uns[key]``.
     source_time, target_time
         Observed time points, ``source_time < target_time``.
     source_groups, target_groups
         Columns of ``adata.obs`` with the cell types at the source and at the target time (may be the same column).
     forward
         Direction, as above.
+    key
+        ``key_added`` of the fit whose stored model is used when ``model=None``.
     {rule}
     n_source_neighbors
         As in :func:`fate_probabilities` (forward only).
@@ -358,7 +363,7 @@ def cell_transition(
     >>> tab = sctraj.tl.cell_transition(adata, model, 4, 6, "cell_type", "cell_type")
     >>> sctraj.pl.cell_transition(tab)
     """
-    t, X = _setup(adata, model)
+    model, t, X = _setup(adata, model, key)
     _check_common(n_neighbors, n_source_neighbors, n_steps, solver)
     if not isinstance(forward, bool):
         raise TypeError(f"forward must be True or False, got {forward!r}.")
@@ -407,6 +412,7 @@ def push(
     target_time: float,
     *,
     source_time: float | None = None,
+    key: str = "sctraj",
     n_neighbors: int = 30,
     n_steps: int = 100,
     solver: str = "euler",
@@ -424,13 +430,15 @@ def push(
     adata
         AnnData with ``obs[model.time_key]`` and ``obsm[model.use_rep]``.
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` uses the one stored in ``adata.uns[key]``.
     source
         Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair, e.g. ``("cell_type", "undiff")``.
     target_time
         Observed time after the source cells' time.
     source_time
         Keep only the selected cells observed at this time; needed when the selection spans several time points.
+    key
+        ``key_added`` of the fit whose stored model is used when ``model=None``.
     {rule}
     key_added
         Column of ``adata.obs`` to write.
@@ -445,9 +453,9 @@ def push(
     >>> sctraj.tl.push(adata, model, ("cell_type", "undiff"), target_time=6, source_time=4)
     >>> sc.pl.embedding(adata, basis="emb", color="sctraj_push")
     """
-    t, X = _setup(adata, model)
+    model, t, X = _setup(adata, model, key)
     _check_common(n_neighbors, None, n_steps, solver)
-    key_added = _check_key(key_added, "key_added")
+    _check_key(key_added, "key_added")
     mask = _selection(adata, source, "source")
     if source_time is not None:
         mask = _at_time(t, mask, _observed_time(t, model, source_time, "source_time"), "source")
@@ -473,6 +481,7 @@ def pull(
     source_time: float,
     *,
     target_time: float | None = None,
+    key: str = "sctraj",
     n_neighbors: int = 30,
     n_steps: int = 100,
     solver: str = "euler",
@@ -489,13 +498,15 @@ def pull(
     adata
         AnnData with ``obs[model.time_key]`` and ``obsm[model.use_rep]``.
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` uses the one stored in ``adata.uns[key]``.
     target
         Boolean mask over ``adata.obs_names`` or an ``(obs column, category)`` pair.
     source_time
         Observed time before the target cells' time.
     target_time
         Keep only the selected cells observed at this time; needed when the selection spans several time points.
+    key
+        ``key_added`` of the fit whose stored model is used when ``model=None``.
     {rule}
     key_added
         Column of ``adata.obs`` to write.
@@ -508,9 +519,9 @@ def pull(
     --------
     >>> sctraj.tl.pull(adata, model, ("cell_type", "Neutrophil"), source_time=4, target_time=6)
     """
-    t, X = _setup(adata, model)
+    model, t, X = _setup(adata, model, key)
     _check_common(n_neighbors, None, n_steps, solver)
-    key_added = _check_key(key_added, "key_added")
+    _check_key(key_added, "key_added")
     mask = _selection(adata, target, "target")
     if target_time is not None:
         mask = _at_time(t, mask, _observed_time(t, model, target_time, "target_time"), "target")
@@ -533,6 +544,7 @@ def couplings(
     model,
     *,
     times: Sequence[float] | None = None,
+    key: str = "sctraj",
     n_neighbors: int = 30,
     n_steps: int = 100,
     solver: str = "euler",
@@ -550,9 +562,11 @@ def couplings(
     adata
         AnnData with ``obs[model.time_key]`` and ``obsm[model.use_rep]``.
     model
-        A fitted :class:`~sctraj.models.TrajectoryModel`.
+        A fitted :class:`~sctraj.models.TrajectoryModel`; ``None`` uses the one stored in ``adata.uns[key]``.
     times
         Observed time points to chain (at least two); every observed time inside the fitted range by default.
+    key
+        ``key_added`` of the fit whose stored model is used when ``model=None``.
     {rule}
 
     Returns
@@ -568,7 +582,7 @@ def couplings(
     >>> rtk.compute_transition_matrix(self_transitions="all", conn_weight=0.2, threshold="auto")
     >>> g = cr.estimators.GPCCA(rtk)
     """
-    t, X = _setup(adata, model)
+    model, t, X = _setup(adata, model, key)
     _check_common(n_neighbors, None, n_steps, solver)
     inside = [float(s) for s in np.unique(t) if model.times[0] - 1e-9 <= s <= model.times[-1] + 1e-9]
     if times is None:
