@@ -22,6 +22,12 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a.drop(columns="fit_seconds"), b.drop(columns="fit_seconds"), check_exact=True)
 
 
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
 def test_leave_one_out_on_dask_equals_serial(adata_time):
     from dask.distributed import Client, LocalCluster, get_task_stream
 
@@ -29,12 +35,14 @@ def test_leave_one_out_on_dask_equals_serial(adata_time):
     assert len(serial) == 6 and np.isfinite(serial["W1"]).all()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # a parent setting the tasks must not leave changed
+    blas = _blas_threads()
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
                 Client(cluster) as client, get_task_stream(client) as stream:
             with joblib.parallel_backend("dask"):
                 par = sctraj.tl.leave_one_out(adata_time, "time", n_jobs=2, **KW)
             assert torch.get_num_threads() == 2
+            assert _blas_threads() == blas
             workers = set(client.scheduler_info()["workers"])
         ran_on = {task["worker"] for task in stream.data}
         assert ran_on and ran_on <= workers  # the fits really ran as tasks on the cluster's workers
@@ -52,5 +60,5 @@ def test_leave_one_out_ships_only_needed_columns(adata_time):
 
 
 def test_leave_one_out_n_jobs_errors(adata_time):
-    with pytest.raises(ValueError, match="torch_threads"):
-        sctraj.tl.leave_one_out(adata_time, "time", methods=["icfm"], use_rep="X_pca", torch_threads=0, **TINY)
+    with pytest.raises(ValueError, match="threads_per_task"):
+        sctraj.tl.leave_one_out(adata_time, "time", methods=["icfm"], use_rep="X_pca", threads_per_task=0, **TINY)

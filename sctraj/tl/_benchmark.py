@@ -29,7 +29,7 @@ def leave_one_out(
     max_cells: int = 10_000,
     n_steps_ode: int = 100,
     n_jobs: int | None = None,
-    torch_threads: int | None = 1,
+    threads_per_task: int | None = 1,
     **fit_kwargs,
 ) -> pd.DataFrame:
     """Hold out each intermediate time point, fit without it, and score the prediction of the held-out cells.
@@ -72,10 +72,11 @@ def leave_one_out(
         read (``time_key`` and any ``obs`` column named in ``fit_kwargs``, e.g. ``population_key``), never
         ``adata.X``; joblib's Dask backend scatters them to the workers once. Results do not depend on ``n_jobs`` or
         the backend: every fit is seeded by its ``seed`` only.
-    torch_threads
-        Torch CPU threads in each task (restored afterwards; the caller's setting is never left changed). ``1``
-        (default) suits the small networks and lets ``n_jobs`` tasks share the CPUs without oversubscription; it also
-        makes serial and parallel runs identical. ``None`` keeps torch's setting.
+    threads_per_task
+        Torch CPU threads and BLAS threads (NumPy / POT) in each task, restored afterwards (the caller's settings are
+        never left changed). ``1`` (default) suits the small networks, lets ``n_jobs`` tasks share the CPUs without
+        oversubscription, and makes serial and parallel runs identical: with another number of BLAS threads,
+        float32 OT plans (``vgfm``) can differ in the last digits. ``None`` keeps the current settings.
     **fit_kwargs
         Passed to :func:`fit_flow` (e.g. ``n_steps``, ``exclude_times``, method parameters).
 
@@ -106,9 +107,9 @@ def leave_one_out(
     for m in methods:
         get_method(m)
     seeds = [check_random_state(s) for s in (seeds if np.ndim(seeds) else [seeds])]
-    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int | np.integer)
-                                      or torch_threads < 1):
-        raise ValueError(f"torch_threads must be a positive integer or None, got {torch_threads!r}.")
+    tpt = threads_per_task
+    if tpt is not None and (isinstance(tpt, bool) or not isinstance(tpt, int | np.integer) or tpt < 1):
+        raise ValueError(f"threads_per_task must be a positive integer or None, got {threads_per_task!r}.")
     t = time_values(adata, time_key)
     X = get_rep(adata, use_rep, n_dims)
     user_excl = fit_kwargs.pop("exclude_times", None)
@@ -150,9 +151,9 @@ def leave_one_out(
         from joblib import Parallel, delayed
 
         spec = {"time_key": time_key, "use_rep": use_rep, "n_dims": n_dims, "user_excl": list(user_excl),
-                "n_steps_ode": n_steps_ode, "max_cells": max_cells, "torch_threads": torch_threads,
+                "n_steps_ode": n_steps_ode, "max_cells": max_cells, "threads_per_task": threads_per_task,
                 "fit_kwargs": fit_kwargs}
-        with _restore_torch_threads():
+        with _restore_torch_threads(), _blas_threads(threads_per_task):
             results = Parallel(n_jobs=n_jobs)(
                 delayed(_fit_and_score)(X, obs, m, h, prev, s, spec) for m, h, prev, s in tasks
             )
@@ -183,6 +184,15 @@ def _restore_torch_threads():
         torch.set_num_threads(old)
 
 
+def _blas_threads(n: int | None):
+    """Limit BLAS to ``n`` threads in this block (``None``: no change); restored afterwards."""
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(int(n), user_api="blas")
+
+
 def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev: float, seed: int,
                    spec: dict) -> dict:
     """One leave-one-out task: fit ``method`` without time ``h`` and score the push of ``prev`` to ``h``.
@@ -200,17 +210,18 @@ def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev
     work = ad.AnnData(X=X, obs=obs.copy()) if use_rep == "X" else ad.AnnData(obs=obs.copy(), obsm={use_rep: X})
     t = time_values(work, spec["time_key"])
     X_true = X[np.isclose(t, h)]
-    threads = spec["torch_threads"]
+    threads = spec["threads_per_task"]
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
-                         exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
-                         **spec["fit_kwargs"])
-        pred = predict(work, model, source_time=prev, target_time=h, n_steps=spec["n_steps_ode"])
-        w = pred.obs["weight"].to_numpy() if model.has_growth else None
-        r = evaluate(pred.obsm[use_rep], X_true, weights=w, max_cells=spec["max_cells"], random_state=seed)
+        with _blas_threads(threads):
+            model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
+                             exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
+                             **spec["fit_kwargs"])
+            pred = predict(work, model, source_time=prev, target_time=h, n_steps=spec["n_steps_ode"])
+            w = pred.obs["weight"].to_numpy() if model.has_growth else None
+            r = evaluate(pred.obsm[use_rep], X_true, weights=w, max_cells=spec["max_cells"], random_state=seed)
     finally:
         torch.set_num_threads(old)
     return {"method": method, "heldout": h, "seed": seed, **r, "fit_seconds": float(model.setup["fit_seconds"]),
