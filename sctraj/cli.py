@@ -184,11 +184,26 @@ def to_markdown(df, *, floatfmt: str = ".4g") -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------------------------
+def _not_input(out: Path, inp: str, what: str = "--out") -> None:
+    """Refuse to overwrite the input file (the fit would replace the user's data with the annotated copy)."""
+    if out.resolve() == Path(inp).resolve() or (out.exists() and Path(inp).exists() and out.samefile(inp)):
+        raise UsageError(f"{what} {str(out)!r} is the input file; sctraj never overwrites its input. Pass another "
+                         f"path, e.g. {what} {out.with_name(out.stem + '_sctraj' + out.suffix)}.")
+
+
 def cmd_fit(args) -> int:
     out = _check_out(args.out, (".h5ad",))
+    _not_input(out, args.input)
+    if args.model:
+        _not_input(Path(args.model), args.input, "--model")
     params = _parse_params(args.param)
     adata = _read(args.input)
     import sctraj
+
+    if args.figures and args.basis is not None:  # checked before the fit, not after it
+        from .pl._utils import basis_key
+
+        basis_key(adata, args.basis)
 
     model = sctraj.tl.fit_flow(
         adata, args.time_key, method=args.method, use_rep=args.use_rep, n_dims=args.n_dims,

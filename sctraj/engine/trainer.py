@@ -19,28 +19,57 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 LossFn = Callable[[int], dict[str, torch.Tensor]]
 LR_SCHEDULES = ("constant", "cosine")
 
+# torch's global RNG and its intra-op thread count are process-wide. Fits running in threads (joblib
+# prefer="threads", a web server) share them, so every sctraj use of either goes through the lock / the counter below.
+GLOBAL_TORCH_LOCK = threading.RLock()
+_threads_cv = threading.Condition()
+_threads_state = {"active": 0, "n": None, "saved": None}
+_threads_local = threading.local()
+
 
 @contextlib.contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting), then restore it."""
+    """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting), then restore it.
+
+    Thread-safe: blocks running at the same time in several threads share one setting (the count is set by the
+    first and restored by the last to leave; a block asking for another count waits until the others are done), so
+    concurrent fits run with the thread count they asked for and torch's setting is always restored.
+    """
     if n is None:
         yield
         return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {n!r}.")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
+    n = int(n)
+    st = _threads_state
+    depth = getattr(_threads_local, "depth", 0)
+    with _threads_cv:
+        while st["active"] and st["n"] != n and not depth:  # a nested block keeps its thread's setting
+            _threads_cv.wait()
+        if not st["active"]:
+            st["saved"], st["n"] = torch.get_num_threads(), n
+            torch.set_num_threads(n)
+        st["active"] += 1
+    _threads_local.depth = depth + 1
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        _threads_local.depth = depth
+        with _threads_cv:
+            st["active"] -= 1
+            if not st["active"]:
+                torch.set_num_threads(st["saved"])
+                st["n"] = None
+                _threads_cv.notify_all()
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:

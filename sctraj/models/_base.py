@@ -57,6 +57,17 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        from ..engine.nn import _ACT
+
+        self.check_ints(("width", "depth"))  # a zero-width or zero-depth network would be a constant field
+        if self.activation not in _ACT:
+            raise ValueError(f"activation must be one of {sorted(_ACT)}, got {self.activation!r}.")
+        for name in ("lr", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v >= 0) or \
+                    (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} finite number, "
+                                 f"got {v!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,13 +82,10 @@ class MethodConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> MethodConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise TypeError(
-                f"Unknown parameter(s) {unknown} for this method. Valid method parameters: {sorted(names)}."
-            )
-        return cls(**params)
+        """Build the config from user parameters, checked and normalised to plain Python types first."""
+        from .._validation import config_params
+
+        return cls(**config_params(cls, params))
 
 
 class BaseMethod(nn.Module, abc.ABC):

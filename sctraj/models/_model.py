@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class TrajectoryModel:
         self.method = method
         self.setup = setup
         self.history = history or {}
-        self._mean = torch.as_tensor(np.asarray(setup["mean"], np.float32))
+        self._mean = np.asarray(setup["mean"], np.float64)
         self._scale = float(setup["scale"])
         self._t0 = float(setup["times"][0])
         self._T = float(setup["times"][-1] - setup["times"][0])
@@ -90,23 +91,36 @@ class TrajectoryModel:
 
     # -- coordinate changes -----------------------------------------------------------------------------------
     def _check_X(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
+        """Cells as an array of the model's dims: float64 inputs stay float64 (precision of large values), others
+        become float32."""
+        from .._validation import _rep_dtype
+
+        X = np.asarray(X)
+        if X.dtype.kind not in "iuf":
+            raise ValueError(f"Cells must be real numbers, got dtype {X.dtype}.")
+        X = X.astype(_rep_dtype(X.dtype), copy=False)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(
-                f"Expected cells with {self.dim} dims (the model was fitted on {self.use_rep!r}, n_dims={self.dim}), "
+                f"Expected cells with {self.dim} dims (the model was fitted on {self.dim} dims of {self.use_rep!r}), "
                 f"got shape {X.shape}."
             )
         if not np.isfinite(X).all():
             raise ValueError("The cells contain NaN or infinite values.")
         return X
 
+    @property
+    def time_tolerance(self) -> float:
+        """Times closer than this to a fitted time point are that time point (see ``sctraj._validation``)."""
+        from .._validation import time_tolerance
+
+        return time_tolerance(self.times)
+
     def check_time(self, t, what: str = "time") -> float:
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what} must be a number, got {t!r}.") from None
+        from .._validation import _as_time
+
+        t = _as_time(t, what)
         lo, hi = self.times[0], self.times[-1]
-        tol = 1e-9 * max(1.0, abs(hi - lo))
+        tol = self.time_tolerance
         if not (lo - tol <= t <= hi + tol):
             raise ValueError(
                 f"{what}={t:g} is outside the fitted time range [{lo:g}, {hi:g}]; the model cannot extrapolate. "
@@ -118,11 +132,13 @@ class TrajectoryModel:
         return (float(t) - self._t0) / self._T
 
     def to_internal(self, X: np.ndarray) -> torch.Tensor:
-        dev = self.device
-        return (torch.as_tensor(X, device=dev) - self._mean.to(dev)) / self._scale
+        """Centre and scale in float64 (exact for large offsets), then float32 on the model's device."""
+        Z = (np.asarray(X, np.float64) - self._mean) / self._scale
+        return torch.as_tensor(Z.astype(np.float32), device=self.device)
 
     def from_internal(self, Z: torch.Tensor) -> np.ndarray:
-        return (Z * self._scale + self._mean.to(Z.device)).detach().cpu().numpy()
+        """Back to real coordinates, in float64."""
+        return Z.detach().cpu().numpy().astype(np.float64) * self._scale + self._mean
 
     @torch.no_grad()
     def population_condition(self, X_source, condition: str | None = None) -> torch.Tensor | None:
@@ -194,7 +210,7 @@ class TrajectoryModel:
         self.method.eval()
         dev = self.device
         t_eval = torch.as_tensor(taus, dtype=torch.float32, device=dev)
-        xs_out = np.empty((len(grid), len(X), self.dim), np.float32)
+        xs_out = np.empty((len(grid), len(X), self.dim), X.dtype)
         lw_out = np.zeros((len(grid), len(X)), np.float32)
         if np.allclose(taus, taus[0]):
             xs_out[:] = X
@@ -226,18 +242,28 @@ class TrajectoryModel:
             "sctraj_version": __version__,
             "method": self.method_name,
             "dim": self.dim,
-            "config": self.method.config.to_dict(),
-            "meta": self.method.meta,
-            "setup": self.setup,
-            "history": self.history,
+            "config": plain(self.method.config.to_dict()),
+            "meta": plain(self.method.meta),
+            "setup": plain(self.setup),
+            "history": plain(self.history),
             "state_dict": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save to ``path`` (a ``.pt`` file readable with ``torch.load(weights_only=True)``)."""
+        """Save to ``path`` (a ``.pt`` file readable with ``torch.load(weights_only=True)``).
+
+        The file is written atomically: to a temporary file in the same folder, flushed to disk, then renamed over
+        ``path``. An interrupted save (full disk, crash) leaves the previous file at ``path`` intact.
+        """
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a file path such as 'model.pt', got {type(path).__name__}.")
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{str(path)!r} is a directory; pass a file path inside it, e.g. {str(path / 'model.pt')!r}."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state(), path)
+        atomic_write(path, lambda f: torch.save(self.state(), f))
         return path
 
     @classmethod
@@ -261,15 +287,7 @@ class TrajectoryModel:
 
         ``where`` names the source in error messages (a file path, or ``adata.uns['sctraj']['model']``).
         """
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{where} is not an sctraj model file or record (it was not written by model.save or fit_flow).")
-        if int(state.get("format_version", -1)) != FORMAT_VERSION:
-            raise ValueError(
-                f"{where} uses model format version {state.get('format_version')}, this sctraj reads version "
-                f"{FORMAT_VERSION}. Refit the model or load it with sctraj {state.get('sctraj_version')}."
-            )
-        Method = get_method(state["method"])
-        config = Method.Config.from_params(state["config"])
+        Method, config = check_state(state, where)
         method = Method(int(state["dim"]), config, state.get("meta", {}))
         try:
             method.load_state_dict(state["state_dict"])
@@ -277,3 +295,101 @@ class TrajectoryModel:
             raise ValueError(f"{where} does not match the {state['method']!r} network layout: {e}") from None
         method.to(resolve_device(device))
         return cls(method, state["setup"], state.get("history", {}))
+
+
+def plain(obj: Any) -> Any:
+    """NumPy scalars and arrays -> Python numbers and lists (what ``torch.load(weights_only=True)`` accepts)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it and rename it over ``path``."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_SETUP_KEYS = {"time_key": str, "use_rep": str, "times": list, "mean": list, "scale": float | int}
+
+
+def check_state(state, where: str):
+    """Check the header of a saved model before anything is allocated; returns ``(Method, config)``.
+
+    Checks the format marker and version, the method name, the dimension, the config, the coordinate setup and that
+    every tensor of the state dict has exactly the shape the network would have (computed on torch's ``meta``
+    device, which allocates nothing). A crafted file declaring ``dim=10**9`` is refused here, not by running out of
+    memory.
+    """
+    def bad(what: str):
+        return ValueError(f"{where} is not a valid sctraj model file or record: {what}. Re-save it with "
+                          "model.save(path) or refit.")
+
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{where} is not an sctraj model file or record (it was not written by model.save or fit_flow)."
+        )
+    version = state.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} uses model format version {version!r}, this sctraj reads version {FORMAT_VERSION}. Refit the "
+            f"model or load it with sctraj {state.get('sctraj_version')}."
+        )
+    for key, kind in (("method", str), ("dim", int), ("config", dict), ("setup", dict), ("state_dict", dict)):
+        if key not in state:
+            raise bad(f"the {key!r} entry is missing")
+        if isinstance(state[key], bool) or not isinstance(state[key], kind):
+            raise bad(f"{key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
+    try:
+        Method = get_method(state["method"])
+        config = Method.Config.from_params(state["config"])
+    except (TypeError, ValueError) as e:
+        raise bad(f"its method or config is not valid ({e})") from None
+    dim = state["dim"]
+    setup = state["setup"]
+    for key, kind in _SETUP_KEYS.items():
+        if not isinstance(setup.get(key), kind):
+            raise bad(f"setup[{key!r}] is missing or not a {getattr(kind, '__name__', 'number')}")
+    if not isinstance(state.get("meta", {}), dict):
+        raise bad("'meta' is not a dict")
+    if not 1 <= dim <= 1_000_000 or len(setup["mean"]) != dim:
+        raise bad(f"dim={dim} does not match the {len(setup['mean'])} coordinates of setup['mean']")
+    try:
+        times = np.asarray(setup["times"], np.float64)
+    except (TypeError, ValueError):
+        raise bad("setup['times'] is not a list of numbers") from None
+    if times.ndim != 1 or len(times) < 2 or not np.isfinite(times).all() or (np.diff(times) <= 0).any():
+        raise bad("setup['times'] must be at least two increasing finite times")
+    if not (np.isfinite(setup["scale"]) and setup["scale"] > 0):
+        raise bad("setup['scale'] must be a positive number")
+    sd = state["state_dict"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise bad("state_dict must map names to tensors")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Method(dim, config, state.get("meta", {})).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - any failure to build the network means the header is inconsistent
+        raise bad(f"its {state['method']!r} network cannot be built ({type(e).__name__}: {e})") from None
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    if got != expected:
+        diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))[:3]
+        raise bad(
+            f"its tensors do not match a {state['method']!r} network of dim={dim} "
+            f"(e.g. {[(k, got.get(k), expected.get(k)) for k in diff]} as (name, in file, expected))"
+        )
+    return Method, config

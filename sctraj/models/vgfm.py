@@ -37,7 +37,7 @@ from .._settings import logger
 from ..engine import couplings
 from ..engine.nn import GrowthHead, VectorField
 from ..engine.paths import StraightPath
-from ..engine.trainer import train
+from ..engine.trainer import cpu_threads, train
 from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
@@ -321,13 +321,8 @@ class VGFM(BaseMethod):
         if len(X0) > 2000:
             X0 = X0[np.random.default_rng(0).choice(len(X0), 2000, replace=False)]
         X0 = model.from_internal(torch.as_tensor(X0, device=model.device))
-        old_threads = torch.get_num_threads()
-        try:
-            if self.config.num_threads:
-                torch.set_num_threads(self.config.num_threads)
+        with cpu_threads(self.config.num_threads or None):
             _, lw = model.push(X0, times[0], grid[1:], n_steps=100)
-        finally:
-            torch.set_num_threads(old_threads)
         pred = np.concatenate([[1.0], np.exp(lw.astype(np.float64)).mean(1)])
         at_obs = np.array([pred[np.flatnonzero(np.isclose(grid, t))[0]] for t in times])
         return {
@@ -438,13 +433,10 @@ class VGFM(BaseMethod):
                 out["w1_loss"], out["mass_loss"] = w1, ml
             return out
 
-        old_threads = torch.get_num_threads()
         try:
-            if cfg.num_threads:
-                torch.set_num_threads(cfg.num_threads)
-            return train(self.parameters(), loss_fn, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         progress=progress, desc=self.name, lr_schedule=cfg.lr_schedule)
+            with cpu_threads(cfg.num_threads or None):
+                return train(self.parameters(), loss_fn, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             progress=progress, desc=self.name, lr_schedule=cfg.lr_schedule)
         finally:
-            torch.set_num_threads(old_threads)
             for s in samplers:
                 s.close()

@@ -106,6 +106,12 @@ def basis_key(adata, basis: str) -> str:
         raise TypeError(f"basis must be the name of an embedding (str), got {type(basis).__name__}.")
     for cand in (basis if basis.startswith("X_") else f"X_{basis}", basis):
         if cand in adata.obsm:
+            shape = getattr(adata.obsm[cand], "shape", ())
+            if len(shape) != 2 or shape[1] < 2:
+                raise ValueError(
+                    f"adata.obsm[{cand!r}] has shape {tuple(shape)}; plots need a 2-d embedding (at least 2 columns). "
+                    "Pass basis= a 2-d embedding such as 'umap' (sc.pp.neighbors(adata); sc.tl.umap(adata))."
+                )
             return cand
     keys = ", ".join(map(repr, adata.obsm.keys())) or "none"
     hint = " Compute it first, e.g. sc.pp.neighbors(adata); sc.tl.umap(adata)." if basis in ("umap", "X_umap") else ""

@@ -10,7 +10,16 @@ import numpy as np
 import pandas as pd
 
 from .._settings import logger
-from .._validation import _match_times, check_adata, check_random_state, get_rep, time_values
+from .._validation import (
+    _match_times,
+    check_adata,
+    check_distinct_times,
+    check_random_state,
+    get_rep,
+    time_mask,
+    time_tolerance,
+    time_values,
+)
 from ._metrics import evaluate, ot_interpolation
 
 REFERENCES = ("no_movement", "ot_interpolation")
@@ -99,6 +108,7 @@ def leave_one_out(
     ...     scores = sctraj.tl.leave_one_out(adata, "day", methods=["otcfm", "vgfm"], use_rep="X_emb", seeds=range(3))
     """
     check_adata(adata)
+    check_fit_kwargs(fit_kwargs)
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods and not references:
         raise ValueError("Nothing to evaluate: pass at least one method or references=True.")
@@ -111,20 +121,22 @@ def leave_one_out(
     if tpt is not None and (isinstance(tpt, bool) or not isinstance(tpt, int | np.integer) or tpt < 1):
         raise ValueError(f"threads_per_task must be a positive integer or None, got {threads_per_task!r}.")
     t = time_values(adata, time_key)
-    X = get_rep(adata, use_rep, n_dims)
+    X = get_rep(adata, use_rep, n_dims, dtype=None)
     user_excl = fit_kwargs.pop("exclude_times", None)
-    user_excl = [] if user_excl is None else ([user_excl] if np.isscalar(user_excl) else list(user_excl))
+    user_excl = [] if user_excl is None else ([user_excl] if np.ndim(user_excl) == 0 else list(user_excl))
     all_times = np.unique(t)
+    check_distinct_times(all_times, time_key, adata.n_obs)
+    tol = time_tolerance(all_times)
     user_excl = _match_times(user_excl, all_times, "exclude_times")
-    kept = np.array([s for s in all_times if not np.isclose(user_excl, s).any()])
+    kept = np.array([s for s in all_times if s not in user_excl])
     if len(kept) < 3:
         raise ValueError(f"leave_one_out needs at least three time points, got {kept.tolist()}.")
     interior = kept[1:-1]
     if heldout is None:
         heldout = interior.tolist()
     else:
-        heldout = _match_times([heldout] if np.isscalar(heldout) else heldout, kept, "heldout")
-        bad = [h for h in heldout if not np.isclose(interior, h).any()]
+        heldout = _match_times([heldout] if np.ndim(heldout) == 0 else heldout, kept, "heldout", tol)
+        bad = [h for h in heldout if h not in interior]
         if bad:
             raise ValueError(f"heldout times {bad} are not intermediate time points; choose from {interior.tolist()}.")
     # what a task needs, and nothing more: the embedding and the obs columns the fits read (never adata.X). The
@@ -133,16 +145,16 @@ def leave_one_out(
     rows: dict[float, list[dict]] = {float(h): [] for h in heldout}
     tasks = []
     for h in heldout:
-        k = int(np.flatnonzero(np.isclose(kept, h))[0])
+        k = int(np.flatnonzero(kept == h)[0])
         prev, nxt = kept[k - 1], kept[k + 1]
-        X_true = X[np.isclose(t, h)]
-        X_prev = X[np.isclose(t, prev)]
+        X_true = X[time_mask(t, h, tol)]
+        X_prev = X[time_mask(t, prev, tol)]
         if references:
             r = evaluate(X_prev, X_true, max_cells=max_cells)
             rows[float(h)].append({"method": "no_movement", "heldout": h, "seed": pd.NA, **r, "fit_seconds": 0.0,
                                    "n_train_steps": 0})
             t0 = _time.perf_counter()
-            pts, w = ot_interpolation(X_prev, X[np.isclose(t, nxt)], (h - prev) / (nxt - prev), max_cells=max_cells)
+            pts, w = ot_interpolation(X_prev, X[time_mask(t, nxt, tol)], (h - prev) / (nxt - prev), max_cells=max_cells)
             r = evaluate(pts, X_true, weights=w, max_cells=max_cells)
             rows[float(h)].append({"method": "ot_interpolation", "heldout": h, "seed": pd.NA, **r,
                                    "fit_seconds": _time.perf_counter() - t0, "n_train_steps": 0})
@@ -201,28 +213,45 @@ def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev
     ``X`` and the needed ``obs`` columns, and builds its own small AnnData to fit in.
     """
     import anndata as ad
-    import torch
 
+    from ..engine.trainer import cpu_threads
     from ._fit import fit_flow
     from ._predict import predict
 
     use_rep = spec["use_rep"]
     work = ad.AnnData(X=X, obs=obs.copy()) if use_rep == "X" else ad.AnnData(obs=obs.copy(), obsm={use_rep: X})
     t = time_values(work, spec["time_key"])
-    X_true = X[np.isclose(t, h)]
+    X_true = X[time_mask(t, h, time_tolerance(np.unique(t)))]
     threads = spec["threads_per_task"]
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        with _blas_threads(threads):
-            model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
-                             exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
-                             **spec["fit_kwargs"])
-            pred = predict(work, model, source_time=prev, target_time=h, n_steps=spec["n_steps_ode"])
-            w = pred.obs["weight"].to_numpy() if model.has_growth else None
-            r = evaluate(pred.obsm[use_rep], X_true, weights=w, max_cells=spec["max_cells"], random_state=seed)
-    finally:
-        torch.set_num_threads(old)
+    # thread-safe: tasks running in threads of one process share one torch setting (engine.trainer.cpu_threads)
+    with cpu_threads(threads), _blas_threads(threads):
+        model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
+                         exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
+                         **spec["fit_kwargs"])
+        pred = predict(work, model, source_time=prev, target_time=h, n_steps=spec["n_steps_ode"])
+        w = pred.obs["weight"].to_numpy() if model.has_growth else None
+        P = np.asarray(pred.X if use_rep == "X" else pred.obsm[use_rep])[:, : model.dim]  # the pushed positions
+        r = evaluate(P, X_true, weights=w, max_cells=spec["max_cells"], random_state=seed)
     return {"method": method, "heldout": h, "seed": seed, **r, "fit_seconds": float(model.setup["fit_seconds"]),
             "n_train_steps": int(model.setup["n_steps"])}
+
+
+# fit_flow arguments that leave_one_out sets itself, and what to pass instead
+_OWN_ARGS = {
+    "random_state": "pass seeds=[...] (one fit per seed)",
+    "key_added": "leave_one_out fits on a private copy and writes nothing into adata; drop key_added",
+    "method": "pass methods=[...]",
+    "time_key": "pass the time column as the second argument",
+    "copy": "leave_one_out never modifies adata; drop copy",
+    "distributed": "leave_one_out runs its fits through joblib; use n_jobs=... (or a joblib backend)",
+}
+
+
+def check_fit_kwargs(fit_kwargs: dict) -> None:
+    """Refuse fit_flow arguments that leave_one_out sets itself, naming its own argument to use instead."""
+    clash = [k for k in fit_kwargs if k in _OWN_ARGS]
+    if clash:
+        raise TypeError(
+            f"leave_one_out sets {clash[0]!r} itself: {_OWN_ARGS[clash[0]]}."
+            + (f" (also: {clash[1:]})" if len(clash) > 1 else "")
+        )

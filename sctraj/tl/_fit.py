@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time as _time
 from typing import Any
 
@@ -10,12 +9,11 @@ import numpy as np
 
 from .. import _keys
 from .._settings import logger, settings
-from .._validation import check_adata, check_random_state, positive_int, time_course
+from .._validation import check_adata, check_key_added, check_random_state, positive_int, time_course
 from ._outputs import check_trajectory_n_grid, trajectory_grid
 from ._store import model_record
 from ._utils import h5ad_safe, population_groups
-
-_INIT_LOCK = threading.Lock()
+from ._write import check_writable, write_fit
 
 
 def fit_flow(
@@ -124,8 +122,6 @@ def fit_flow(
     >>> sctraj.tl.get_model(fitted).method_name
     'otcfm'
     """
-    import torch
-
     from .. import __version__
     from ..engine import distributed as dist_engine
     from ..models import FitData, TrajectoryModel, get_method, resolve_device
@@ -137,8 +133,7 @@ def fit_flow(
     positive_int("n_steps", n_steps, allow_none=True)
     positive_int("batch_size", batch_size, allow_none=True)
     seed = check_random_state(random_state)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    key_added = check_key_added(key_added)
     check_trajectory_n_grid(trajectory_n_grid)
     dev = resolve_device(device)
     ctx = dist_engine.resolve(distributed, dev)  # None: this process alone
@@ -152,29 +147,28 @@ def fit_flow(
 
     tc = time_course(adata, time_key, use_rep, n_dims, exclude_times, min_cells=Method.min_cells)
     trajectory_n_grid = trajectory_grid(trajectory_n_grid, adata.n_obs, tc.dim, key_added)
+    check_writable(adata, key_added, use_rep, trajectory_n_grid > 0)  # before training: never overwrite user keys
     n_steps = int(n_steps or Method.default_n_steps)
     batch_size = int(batch_size or Method.default_batch_size)
 
-    # internal coordinates: centred, one global scale (keeps Euclidean geometry and OT plans unchanged)
-    allX = np.concatenate(tc.X)
-    mean = allX.mean(0)
-    scale = float(np.sqrt(((allX - mean) ** 2).mean(0).sum() / allX.shape[1]))
-    scale = scale if scale > 0 else 1.0
+    # internal coordinates: centred, one global scale (keeps Euclidean geometry and OT plans unchanged); computed in
+    # float64 before the cast, so large offsets or magnitudes (1e8 + spread 1, 1e30) keep their spread
+    mean, scale = internal_scale(tc.X)
     T = float(tc.times[-1] - tc.times[0])
     data = FitData(
-        X=[((x - mean) / scale).astype(np.float32) for x in tc.X],
+        X=[((np.asarray(x, np.float64) - mean) / scale).astype(np.float32) for x in tc.X],
         tau=(tc.times - tc.times[0]) / T,
         times=tc.times,
     )
+    n_cells = sum(len(x) for x in tc.X)
     params = dict(method_params)
     meta = Method.prepare(adata, tc, data, params, population_key=population_key)
     config = Method.Config.from_params(params)
 
     rng = dist_engine.data_rng(seed, ctx)  # pairs, times, noise: one stream per rank (rank 0: the plain stream)
-    # torch's global generator initialises the network: under a lock, so that fits running in threads of one process
-    # (e.g. leave_one_out on a threaded joblib / Dask backend) cannot interleave their seeds
-    with _INIT_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+    # torch's global generator initialises the network: seeded under one lock (engine.trainer.GLOBAL_TORCH_LOCK), so
+    # that fits running in threads of one process (leave_one_out on a threaded backend) cannot interleave their seeds
+    with seeded_torch(seed, dev):
         module = Method(tc.dim, config, meta)
     module.to(dev)
     dist_engine.broadcast_module(module, ctx)  # the same initial weights on every rank
@@ -183,6 +177,7 @@ def fit_flow(
         "time_key": time_key,
         "use_rep": use_rep,
         "n_dims": int(tc.dim),
+        "rep_dims": int(tc.rep_dims),
         "times": [float(x) for x in tc.times],
         "all_times": [float(x) for x in tc.all_times],
         "excluded_times": [float(x) for x in tc.excluded],
@@ -202,7 +197,7 @@ def fit_flow(
     if meta.get("condition_key"):
         setup["condition_key"] = meta["condition_key"]
 
-    logger.info(f"fitting {method!r} on {allX.shape[0]} cells x {tc.dim} dims, times {setup['times']} ({dev})")
+    logger.info(f"fitting {method!r} on {n_cells} cells x {tc.dim} dims, times {setup['times']} ({dev})")
     t_start = _time.perf_counter()
     module.train()
     with dist_engine.activate(ctx):
@@ -229,11 +224,10 @@ def fit_flow(
     if copy:
         adata = adata.copy()
     rep = use_rep
-    adata.obsm[_keys.velocity_key(key_added, rep)] = outputs["velocity"]
-    adata.obs[_keys.growth_key(key_added)] = outputs["growth"]
+    obsm = {_keys.velocity_key(key_added, rep): outputs["velocity"]}
     if trajectory_n_grid:
-        adata.obsm[_keys.trajectory_key(key_added)] = outputs["trajectory"]
-    adata.uns[key_added] = record
+        obsm[_keys.trajectory_key(key_added)] = outputs["trajectory"]
+    write_fit(adata, key_added, obsm=obsm, obs={_keys.growth_key(key_added): outputs["growth"]}, record=record)
     logger.info(
         f"done in {fit_seconds:.1f}s: wrote obsm[{_keys.velocity_key(key_added, rep)!r}], "
         f"obs[{_keys.growth_key(key_added)!r}], "
@@ -243,30 +237,78 @@ def fit_flow(
     return adata if copy else model
 
 
-def compute_outputs(adata, model, tc, n_grid: int) -> dict[str, np.ndarray]:
-    """Per-cell velocity and growth at the cell's own time and its path to the next fitted time point."""
-    from .._validation import get_rep
+def internal_scale(X: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Centre and one global scale of the cells (float64, two passes, no overflow for magnitudes up to 1e300)."""
+    n = sum(len(x) for x in X)
+    mean = sum(np.asarray(x, np.float64).sum(0) for x in X) / n
+    peak = max(float(np.abs(np.asarray(x, np.float64) - mean).max(initial=0.0)) for x in X)
+    if peak == 0 or not np.isfinite(peak):
+        return mean, 1.0
+    ss = sum(float((((np.asarray(x, np.float64) - mean) / peak) ** 2).sum()) for x in X)  # pre-scaled: no overflow
+    scale = peak * float(np.sqrt(ss / (n * X[0].shape[1])))
+    return mean, scale if scale > 0 and np.isfinite(scale) else 1.0
 
-    X = get_rep(adata, model.use_rep, model.dim)
+
+def seeded_torch(seed: int, dev):
+    """Context: torch's global RNG seeded with ``seed`` (for network initialisation), restored on exit.
+
+    The global RNG is process-wide: two fits in threads would interleave their seeding and draws (and restore each
+    other's state), so the block runs under one lock.
+    """
+    import contextlib
+
+    import torch
+
+    from ..engine.trainer import GLOBAL_TORCH_LOCK
+
+    @contextlib.contextmanager
+    def ctx():
+        with GLOBAL_TORCH_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    return ctx()
+
+
+def compute_outputs(adata, model, tc, n_grid: int) -> dict[str, np.ndarray]:
+    """Per-cell velocity and growth at the cell's own time and its path to the next fitted time point.
+
+    Positions and velocities keep the embedding's precision (float64 embeddings give float64 outputs). Raises a
+    ``FloatingPointError`` instead of returning non-finite values for cells inside the fitted time range.
+    """
+    from .._validation import model_rep, time_tolerance
+
+    X = model_rep(adata, model)
     t = tc.cell_time
     times = model.times
+    tol = time_tolerance(times)
     n, d = X.shape
-    vel = np.full((n, d), np.nan, np.float32)
+    vel = np.full((n, d), np.nan, X.dtype)
     growth = np.full(n, np.nan, np.float32)
     fr = np.linspace(0.0, 1.0, n_grid) if n_grid else np.zeros(0)
-    traj = np.full((n, n_grid, d), np.nan, np.float32) if n_grid else None
+    traj = np.full((n, n_grid, d), np.nan, X.dtype) if n_grid else None
     inside = (t >= times[0]) & (t <= times[-1])
     conds: dict = {}  # each population embedded once
     for tv in np.unique(t[inside]):
         for pos, cond in population_groups(adata, model, inside & (t == tv), cache=conds):
             vel[pos] = model.velocity(X[pos], tv, cond=cond)
             growth[pos] = model.growth_rate(X[pos], tv, cond=cond)
-            later = times[times > tv + 1e-12]
+            later = times[times > tv + tol]
             if n_grid and len(later):
                 grid = tv + fr * (later[0] - tv)
                 xs, _ = model.push(X[pos], tv, grid[1:], n_steps=max(5 * (n_grid - 1), 20), cond=cond)
                 traj[pos, 0] = X[pos]
                 traj[pos, 1:] = np.transpose(xs, (1, 0, 2))
+    bad = inside & ~(np.isfinite(vel).all(1) & np.isfinite(growth))
+    if traj is not None:
+        has_next = inside & (t < times[-1] - tol)
+        bad |= has_next & ~np.isfinite(traj).all((1, 2))
+    if bad.any():
+        raise FloatingPointError(
+            f"The fitted flow gives NaN or infinite velocities, growth rates or paths for {int(bad.sum())} cells. "
+            "Nothing was written. Try a smaller learning rate (lr=...), fewer dims (n_dims=...), or rescale the "
+            "embedding."
+        )
     out = {"velocity": vel, "growth": growth, "fractions": fr}
     if traj is not None:
         out["trajectory"] = traj

@@ -32,9 +32,13 @@ def evaluate(
         Optional non-negative mass of each predicted cell (growth-aware predictions); normalised to sum to one.
     max_cells
         Larger sets are subsampled to this many cells (weighted sampling for weighted sets) before the exact OT
-        solve, whose memory is ``n x m`` floats; reported distances are then subsample estimates.
+        solve; reported distances are then subsample estimates. This cap bounds the memory: the exact solve
+        (:func:`ot.emd2`, network simplex) needs the ``n x m`` float64 cost matrix plus about 33 bytes per pair of
+        its own (the plan, arc costs and flows), so the peak is about ``41 x n x m`` bytes: 4.1 GB at the default
+        10,000 x 10,000, 1 GB at 5,000 (``benchmarks/results/evaluate_memory.md``). The cost matrix is built in
+        row blocks (no ``n x m`` temporaries) and reused for W2 and W1 (squared, then square-rooted in place).
     mmd_cells
-        Cells per side used for the MMD.
+        Cells per side used for the MMD (memory about ``12 x (2 mmd_cells)^2`` bytes, computed in row blocks).
     random_state
         Seed of the subsampling.
 
@@ -62,10 +66,24 @@ def evaluate(
     Q, _ = _subsample(Q, None, max_cells, rng)
     a = np.full(len(P), 1 / len(P)) if w is None else w / w.sum()
     b = np.full(len(Q), 1 / len(Q))
-    M = ot.dist(P, Q, metric="euclidean")
+    M = sq_dists(P, Q)  # the one n x m array of ours; POT works on it without a copy (float64, C order)
+    w2 = float(np.sqrt(max(ot.emd2(a, b, M, numItermax=10_000_000), 0.0)))
+    np.sqrt(M, out=M)
     w1 = float(ot.emd2(a, b, M, numItermax=10_000_000))
-    w2 = float(np.sqrt(max(ot.emd2(a, b, M**2, numItermax=10_000_000), 0.0)))
+    del M
     return {"W1": w1, "W2": w2, "MMD": mmd(P, Q, weights=a, max_cells=mmd_cells, rng=rng)}
+
+
+def sq_dists(P: np.ndarray, Q: np.ndarray, *, block_bytes: int = 2**25) -> np.ndarray:
+    """Squared Euclidean distances ``(n, m)`` in float64, filled in row blocks of at most ``block_bytes`` of
+    temporaries (exact differences, not the ``|x|^2 + |y|^2 - 2 x.y`` expansion)."""
+    n, m, d = len(P), len(Q), P.shape[1]
+    out = np.empty((n, m), np.float64)
+    rows = max(1, block_bytes // (8 * max(1, m * d)))
+    for s in range(0, n, rows):
+        diff = P[s : s + rows, None, :] - Q[None, :, :]
+        np.einsum("ijk,ijk->ij", diff, diff, out=out[s : s + rows])
+    return out
 
 
 def mmd(P, Q, *, weights=None, max_cells: int = 2000, rng=None) -> float:
@@ -79,11 +97,30 @@ def mmd(P, Q, *, weights=None, max_cells: int = 2000, rng=None) -> float:
         Q = Q[rng.choice(len(Q), size=max_cells, replace=False)]
     b = np.full(len(Q), 1 / len(Q))
     Z = np.concatenate([P, Q])
-    sq = np.maximum((Z**2).sum(1)[:, None] + (Z**2).sum(1)[None] - 2 * Z @ Z.T, 0)
-    med = np.median(sq[np.triu_indices(len(Z), 1)]) if len(Z) > 1 else 1.0
-    med = med if med > 0 else 1.0
+    N = len(Z)
     c = np.concatenate([a, -b])
-    val = np.mean([c @ np.exp(-sq / (2 * s**2 * med)) @ c for s in (0.5, 1.0, 2.0)])
+    z2 = (Z**2).sum(1)
+    rows = max(1, 2**22 // max(1, N))  # row blocks of 4M entries: no N x N temporaries
+
+    def block(s):
+        return np.maximum(z2[s : s + rows, None] + z2[None] - 2 * Z[s : s + rows] @ Z.T, 0)
+
+    # median of the pairwise squared distances (upper triangle), gathered once into one array of N(N-1)/2 values
+    upper = np.empty(N * (N - 1) // 2, np.float64)
+    k = 0
+    for s in range(0, N, rows):
+        sq = block(s)
+        for i in range(sq.shape[0]):
+            row = sq[i, s + i + 1 :]
+            upper[k : k + len(row)] = row
+            k += len(row)
+    med = float(np.median(upper, overwrite_input=True)) if N > 1 else 1.0
+    del upper
+    med = med if med > 0 else 1.0
+    val = 0.0
+    for s in range(0, N, rows):
+        sq = block(s)
+        val += sum(float(c[s : s + rows] @ np.exp(-sq / (2 * bw**2 * med)) @ c) for bw in (0.5, 1.0, 2.0)) / 3
     return float(np.sqrt(max(val, 0.0)))
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 DEFAULT_N_GRID = 10
 
 
 def check_trajectory_n_grid(n_grid) -> None:
     if n_grid is None:
         return
-    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 0 or n_grid == 1:
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int | np.integer) or n_grid < 0 or n_grid == 1:
         raise ValueError(
             f"trajectory_n_grid must be None (automatic), 0 (no trajectories) or an integer >= 2, got {n_grid!r}."
         )
@@ -19,7 +21,7 @@ def trajectory_grid(n_grid: int | None, n_obs: int, dim: int, key_added: str) ->
     from .._settings import logger, settings
 
     if n_grid is not None:
-        return n_grid
+        return int(n_grid)
     mb = n_obs * DEFAULT_N_GRID * dim * 4 / 2**20
     if mb <= settings.trajectory_max_mb:
         return DEFAULT_N_GRID

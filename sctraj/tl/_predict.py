@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._validation import check_adata, get_rep, time_values
+from .._validation import check_adata, check_int, check_random_state, model_rep, summarize, time_mask, time_values
 from ._result import fill_result_doc, predicted_anndata
 from ._store import resolve_model
 from ._utils import population_groups
@@ -62,14 +62,14 @@ def predict(
     t = time_values(adata, model.time_key)
     src = model.check_time(source_time, "source_time")
     tgt = model.check_time(target_time, "target_time")
-    mask = np.isclose(t, src)
+    mask = time_mask(t, src, model.time_tolerance)
     if not mask.any():
         raise ValueError(
             f"No cells at source_time={source_time!r} in adata.obs[{model.time_key!r}] "
-            f"(observed: {np.unique(t).tolist()})."
+            f"(observed: {summarize(np.unique(t))})."
         )
-    X = get_rep(adata, model.use_rep, model.dim)
-    out = np.empty((mask.sum(), model.dim), np.float32)
+    X = model_rep(adata, model)
+    out = np.empty((mask.sum(), model.dim), X.dtype)
     logw = np.zeros(mask.sum(), np.float32)
     order = np.flatnonzero(mask)
     where = {p: k for k, p in enumerate(order)}
@@ -141,19 +141,19 @@ def interpolate(
     times = [times] if np.ndim(times) == 0 else list(times)
     if not times:
         raise ValueError("times is empty: pass one time or a list of times.")
-    if n_cells is not None and (isinstance(n_cells, bool) or not isinstance(n_cells, int) or n_cells < 1):
-        raise ValueError(f"n_cells must be a positive integer or None, got {n_cells!r}.")
+    n_cells = check_int("n_cells", n_cells, allow_none=True)
     t_obs = time_values(adata, model.time_key)
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(check_random_state(random_state))
+    tol = model.time_tolerance
     parts = []
     for tq in times:
         tq = model.check_time(tq, "time")
-        avail = np.array([s for s in model.times if np.isclose(t_obs, s).any()])
+        avail = np.array([s for s in model.times if time_mask(t_obs, s, tol).any()])
         if len(avail) == 0:
             raise ValueError("adata has no cells at any of the model's time points.")
-        before = avail[avail <= tq + 1e-12]
+        before = avail[avail <= tq + tol]
         src = float(before[-1] if len(before) else avail[0])
-        pool = np.flatnonzero(np.isclose(t_obs, src))
+        pool = np.flatnonzero(time_mask(t_obs, src, tol))
         pick = pool if n_cells is None else rng.choice(pool, size=n_cells, replace=n_cells > len(pool))
         sub = adata[np.sort(pick)] if n_cells is None else adata[pick]
         res = predict(sub, model, source_time=src, target_time=tq, n_steps=n_steps, solver=solver,

@@ -47,7 +47,7 @@ def population_groups(adata, model, mask: np.ndarray, cache: dict | None = None)
             f"The model conditions on populations in adata.obs[{pop_key!r}], which this AnnData lacks. "
             f"Add that column (one label per population; unseen labels are fine)."
         )
-    from .._validation import get_rep, time_values
+    from .._validation import model_rep, time_values
 
     col = adata.obs[pop_key]
     missing = col.isna().to_numpy()
@@ -59,9 +59,9 @@ def population_groups(adata, model, mask: np.ndarray, cache: dict | None = None)
         )
     labels = col.astype(str).to_numpy()
     t = time_values(adata, model.time_key)
-    X = get_rep(adata, model.use_rep, model.dim)
+    X = model_rep(adata, model)
     fitted = np.asarray(model.times, float)
-    tol = 1e-9 * max(1.0, abs(fitted[-1] - fitted[0]))
+    tol = model.time_tolerance
     at_fitted = np.isclose(t[:, None], fitted[None], rtol=0, atol=tol).any(1)
     in_range = (t >= fitted[0] - tol) & (t <= fitted[-1] + tol)
     cond_key = model.setup.get("condition_key")
