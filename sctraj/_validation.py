@@ -278,15 +278,16 @@ def summarize(values, n: int = 8) -> str:
 def time_tolerance(times) -> float:
     """Two times closer than this are the same time point.
 
-    Relative to the span of the observed times (not to their magnitude, so epoch seconds or nanoseconds work like
-    days), with a floor of a few float64 units in the last place of the largest time.
+    One millionth of the span of the observed times: relative to the span, not to the times' magnitude, so epoch
+    seconds or nanoseconds work like days (an absolute or value-relative tolerance would merge epoch times hours
+    apart). Floor: a few float64 units in the last place of the largest time.
     """
     t = np.asarray(times, np.float64)
     t = t[np.isfinite(t)]
     if t.size == 0:
         return 0.0
     span = float(t.max() - t.min())
-    return max(1e-9 * span, 8 * float(np.spacing(np.abs(t).max())))
+    return max(1e-6 * span, 8 * float(np.spacing(np.abs(t).max())))
 
 
 def match_time(available, t, tol: float) -> int | None:
@@ -336,7 +337,7 @@ def check_distinct_times(all_times: np.ndarray, time_key: str, n_obs: int) -> No
         a, b = all_times[close[0]], all_times[close[0] + 1]
         raise ValueError(
             f"adata.obs[{time_key!r}] has times {a!r} and {b!r} only {b - a:.3g} apart (less than the tolerance "
-            f"{tol:.3g}, 1e-9 of the time span): they would be treated as different snapshots with an almost zero "
+            f"{tol:.3g}, 1e-6 of the time span): they would be treated as different snapshots with an almost zero "
             f"interval. Round the time column, e.g. adata.obs[{time_key!r}] = adata.obs[{time_key!r}].round(6)."
         )
 

@@ -190,7 +190,7 @@ def test_predict_bad_times_and_dims(fitted):
         sctraj.tl.predict(a, "model", source_time=0.0, target_time=1.0)
     b = a.copy()
     b.obsm["X_pca"] = b.obsm["X_pca"][:, :2]
-    with pytest.raises(ValueError, match="n_dims=3 is larger than the 2 dimensions"):
+    with pytest.raises(ValueError, match="has 2 dimensions, but the model was fitted on all 3"):
         sctraj.tl.predict(b, model, source_time=0.0, target_time=1.0)
     with pytest.raises(ValueError, match="Expected cells with 3 dims"):
         model.velocity(np.zeros((4, 2)), 1.0)

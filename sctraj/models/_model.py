@@ -160,7 +160,7 @@ class TrajectoryModel:
             z = self.to_internal(X[s : s + chunk_size])
             tau = torch.as_tensor((tt[s : s + chunk_size] - self._t0) / self._T, dtype=z.dtype, device=z.device)
             v = self.method.velocity(z, tau, cond)
-            out[s : s + chunk_size] = (v * self._scale / self._T).cpu().numpy()
+            out[s : s + chunk_size] = v.cpu().numpy().astype(np.float64) * (self._scale / self._T)
         return out
 
     @torch.no_grad()

@@ -105,6 +105,13 @@ def score_growth(
     prolif = gene_set(organism, "proliferation") if proliferation_genes is None else list(proliferation_genes)
     apopt = gene_set(organism, "apoptosis") if apoptosis_genes is None else list(apoptosis_genes)
     var_names = adata.raw.var_names if (use_raw and adata.raw is not None) else adata.var_names
+    if not var_names.is_unique:
+        dup = var_names[var_names.duplicated()].unique().tolist()
+        raise ValueError(
+            f"adata{'.raw' if use_raw and adata.raw is not None else ''}.var_names has duplicate names "
+            f"({dup[:5]}{', ...' if len(dup) > 5 else ''}), so gene scores would be ambiguous. Make them unique "
+            "first: adata.var_names_make_unique()."
+        )
     prolif = _match(prolif, var_names, "proliferation")
     apopt = _match(apopt, var_names, "apoptosis")
 

@@ -79,7 +79,7 @@ def sq_dists(P: np.ndarray, Q: np.ndarray, *, block_bytes: int = 2**25) -> np.nd
     temporaries (exact differences, not the ``|x|^2 + |y|^2 - 2 x.y`` expansion)."""
     n, m, d = len(P), len(Q), P.shape[1]
     out = np.empty((n, m), np.float64)
-    rows = max(1, block_bytes // (8 * max(1, m * d)))
+    rows = max(1, min(block_bytes, 2 * n * m) // (8 * max(1, m * d)))  # temporaries <= 1/4 of the result
     for s in range(0, n, rows):
         diff = P[s : s + rows, None, :] - Q[None, :, :]
         np.einsum("ijk,ijk->ij", diff, diff, out=out[s : s + rows])
