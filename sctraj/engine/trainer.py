@@ -32,17 +32,18 @@ LR_SCHEDULES = ("constant", "cosine")
 # prefer="threads", a web server) share them, so every sctraj use of either goes through the lock / the counter below.
 GLOBAL_TORCH_LOCK = threading.RLock()
 _threads_cv = threading.Condition()
-_threads_state = {"active": 0, "n": None, "saved": None}
-_threads_local = threading.local()
+_threads_state: dict = {"n": None, "saved": None, "holders": {}}
 
 
 @contextlib.contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting), then restore it.
 
-    Thread-safe: blocks running at the same time in several threads share one setting (the count is set by the
-    first and restored by the last to leave; a block asking for another count waits until the others are done), so
-    concurrent fits run with the thread count they asked for and torch's setting is always restored.
+    Thread-safe: blocks running at the same time in several threads share one setting. A block asking for another
+    count than the one in force waits until the other threads' blocks are done; a nested block (its thread already
+    holds one) never waits: it sets its count when its thread is alone, else runs with the count in force. The
+    caller's setting is restored when the last block ends, so concurrent fits run with the thread count they asked
+    for and torch's setting is never left changed.
     """
     if n is None:
         yield
@@ -51,24 +52,33 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         raise ValueError(f"num_threads must be a positive integer or None, got {n!r}.")
     n = int(n)
     st = _threads_state
-    depth = getattr(_threads_local, "depth", 0)
+    me = threading.get_ident()
     with _threads_cv:
-        while st["active"] and st["n"] != n and not depth:  # a nested block keeps its thread's setting
+        nested = me in st["holders"]
+        while not nested and st["n"] != n and st["holders"]:  # only outermost blocks wait: a holder never does
             _threads_cv.wait()
-        if not st["active"]:
-            st["saved"], st["n"] = torch.get_num_threads(), n
+        prev = st["n"]
+        if not st["holders"]:
+            st["saved"] = torch.get_num_threads()
+        others = any(tid != me for tid in st["holders"])
+        if prev != n and not others:
             torch.set_num_threads(n)
-        st["active"] += 1
-    _threads_local.depth = depth + 1
+            st["n"] = n
+        st["holders"][me] = st["holders"].get(me, 0) + 1
     try:
         yield
     finally:
-        _threads_local.depth = depth
         with _threads_cv:
-            st["active"] -= 1
-            if not st["active"]:
+            st["holders"][me] -= 1
+            if not st["holders"][me]:
+                del st["holders"][me]
+            if not st["holders"]:
                 torch.set_num_threads(st["saved"])
                 st["n"] = None
+                _threads_cv.notify_all()
+            elif prev is not None and st["n"] != prev:  # a nested block of this thread: back to the outer count
+                torch.set_num_threads(prev)
+                st["n"] = prev
                 _threads_cv.notify_all()
 
 
