@@ -61,7 +61,7 @@ def _neighbours(adata, model, points: np.ndarray, k: int = 15):
 
     from .._validation import get_rep
 
-    ref = get_rep(adata, model.use_rep, model.dim)
+    ref = get_rep(adata, model.use_rep, model.dim, dtype=None)
     k = min(k, len(ref))
     dist, idx = NearestNeighbors(n_neighbors=k).fit(ref).kneighbors(points)
     return dist, idx
@@ -97,7 +97,8 @@ def predicted_anndata(adata, model, order: np.ndarray, X_pred: np.ndarray, weigh
         X = X.copy() if sp.issparse(X) else np.array(X)
     obsm = {}
     if model.use_rep != "X":  # pushed positions; dims beyond the fitted n_dims from the nearest observed cell
-        pos = np.array(np.asarray(adata.obsm[model.use_rep])[idx[:, 0]], np.float32)
+        pos = np.asarray(adata.obsm[model.use_rep])[idx[:, 0]]
+        pos = np.array(pos, np.result_type(X_pred.dtype, np.float32))  # float64 embeddings keep their precision
         pos[:, : model.dim] = X_pred
         obsm[model.use_rep] = pos
     w = 1.0 / np.maximum(dist, 1e-12)
@@ -108,7 +109,7 @@ def predicted_anndata(adata, model, order: np.ndarray, X_pred: np.ndarray, weigh
             continue
         obsm[key] = np.einsum("nk,nkc->nc", w, np.asarray(emb, np.float64)[idx]).astype(emb.dtype, copy=False)
     if model.use_rep == "X":  # positions are the expression itself
-        X = np.array(X.toarray() if sp.issparse(X) else X, np.float32)
+        X = np.array(X.toarray() if sp.issparse(X) else X, np.result_type(X_pred.dtype, np.float32))
         X[:, : model.dim] = X_pred
     record = {
         "params": {**model.setup, "config": model.method.config.to_dict()},
