@@ -57,6 +57,9 @@ def owned_keys(adata, key_added: str) -> dict[str, list[str]] | None:
         owned = {"obsm": _as_list(wk.get("obsm")), "obs": _as_list(wk.get("obs"))}
     else:  # an older record: the keys that fit_flow derived from its key_added and use_rep
         owned = planned_keys(key_added, str(p.get("use_rep", "")), True)
+    # fate probabilities of this fit written by tl.fate_probabilities (its settings live in the fit record)
+    if "fate_probabilities" in rec:
+        owned["obsm"].append(f"{key_added}_fate_probabilities")
     # projections of this fit's velocities written by tl.velocity_embedding (scVelo layout)
     vparams = adata.uns.get(f"{key_added}_velocity_params")
     if isinstance(vparams, Mapping) and str(vparams.get("model_key", "")) == key_added:
