@@ -14,6 +14,7 @@ from .._validation import (
     _match_times,
     check_adata,
     check_distinct_times,
+    check_int,
     check_random_state,
     get_rep,
     time_mask,
@@ -109,6 +110,7 @@ def leave_one_out(
     """
     check_adata(adata)
     check_fit_kwargs(fit_kwargs)
+    max_cells, n_steps_ode = check_int("max_cells", max_cells), check_int("n_steps_ode", n_steps_ode)
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods and not references:
         raise ValueError("Nothing to evaluate: pass at least one method or references=True.")

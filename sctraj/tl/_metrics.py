@@ -50,6 +50,10 @@ def evaluate(
     """
     import ot
 
+    from .._validation import check_int, check_random_state
+
+    max_cells, mmd_cells = check_int("max_cells", max_cells), check_int("mmd_cells", mmd_cells)
+    random_state = check_random_state(random_state)
     P = np.asarray(predicted, np.float64)
     Q = np.asarray(observed, np.float64)
     if P.ndim != 2 or Q.ndim != 2 or P.shape[1] != Q.shape[1]:
