@@ -45,9 +45,13 @@ def _spawn(tmp_path, world: int = 2) -> list[dict]:
     return outs
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return _spawn(tmp_path_factory.mktemp("ddp"))
+def test_two_gloo_ranks(tmp_path):
+    """One 2-process run (spawned once: pytest-xdist would run a module fixture once per worker) checked four ways."""
+    ranks = _spawn(tmp_path)
+    check_every_method_same_weights_on_both_ranks_rank0_writes(ranks)
+    check_same_seed_same_world_size_same_result(ranks)
+    check_nonfinite_or_failing_rank_stops_every_rank_with_the_same_error(ranks)
+    check_two_ranks_match_one_process_with_twice_the_batch(ranks)
 
 
 def _equal(a: dict, b: dict) -> None:
@@ -56,7 +60,7 @@ def _equal(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_every_method_same_weights_on_both_ranks_rank0_writes(ranks):
+def check_every_method_same_weights_on_both_ranks_rank0_writes(ranks):
     r0, r1 = ranks
     assert sorted(r0["methods"]) == sorted(sctraj.models.available_methods())
     for m in r0["methods"]:
@@ -73,13 +77,13 @@ def test_every_method_same_weights_on_both_ranks_rank0_writes(ranks):
     assert "geopath_loss" in r0["methods"]["metricfm"]["history"]
 
 
-def test_same_seed_same_world_size_same_result(ranks):
+def check_same_seed_same_world_size_same_result(ranks):
     for r in ranks:
         _equal(r["repeat"][0], r["repeat"][1])
     _equal(ranks[0]["repeat"][0], ranks[1]["repeat"][0])
 
 
-def test_nonfinite_or_failing_rank_stops_every_rank_with_the_same_error(ranks):
+def check_nonfinite_or_failing_rank_stops_every_rank_with_the_same_error(ranks):
     r0, r1 = ranks
     assert r0["nonfinite"] == r1["nonfinite"]
     assert r0["nonfinite"].startswith("FloatingPointError: toy: the loss became nan at step 3 (mean over 2 ranks)")
@@ -89,7 +93,7 @@ def test_nonfinite_or_failing_rank_stops_every_rank_with_the_same_error(ranks):
     assert r0["diverge_wrote"] == r1["diverge_wrote"] == []
 
 
-def test_two_ranks_match_one_process_with_twice_the_batch(ranks):
+def check_two_ranks_match_one_process_with_twice_the_batch(ranks):
     """Held-out W1 of 2 ranks x batch B vs 1 process x batch 2B (the same estimator), seeds 0 and 1 each.
 
     Tolerance: the mean W1 over the two seeds may differ by at most 3 times the seed-to-seed standard deviation of
