@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ._times import is_label_column, string_times
+
 
 def check_adata(adata) -> None:
     from anndata import AnnData
@@ -33,7 +35,9 @@ def time_values(adata, time_key: str) -> np.ndarray:
             "Pass the obs column that holds each cell's sampling time, e.g. time_key='day'."
         )
     col = adata.obs[time_key]
-    if isinstance(col.dtype, pd.CategoricalDtype):
+    if is_label_column(col):  # "D2", "day 4.5", "E7.5": parsed to numbers (sctraj/_times.py)
+        vals = string_times(col, time_key)
+    elif isinstance(col.dtype, pd.CategoricalDtype):
         cats = col.cat.categories
         try:
             num = pd.to_numeric(pd.Series(np.asarray(cats)), errors="raise")

@@ -188,11 +188,12 @@ def _calls(a):
         "marginals": lambda **kw: sctraj.pl.marginals(a, times=[1.0], **kw),
         "training": lambda **kw: sctraj.pl.training(a, keys="loss", **kw),
         "benchmark": lambda **kw: sctraj.pl.benchmark(_loo_table(), **kw),
+        "gene_trends": lambda **kw: sctraj.pl.gene_trends(a, "0", groupby="cell_type", n_paths=20, **kw),
     }
 
 
 PLOTS = ["trajectories", "velocity_stream", "mass", "growth", "marginals", "training", "benchmark",
-         "fate_probabilities", "cell_transition"]
+         "fate_probabilities", "cell_transition", "gene_trends"]
 
 
 def test_every_pl_function_is_covered():

@@ -88,7 +88,7 @@ def _mutate(a, what):
         return ValueError, "not numbers"
     if what == "categorical_words":
         a.obs["time"] = pd.Categorical(np.where(a.obs["time"] == 0, "day_a", "day_b"))
-        return ValueError, "non-numeric categories"
+        return ValueError, "not numbers"
     if what == "single_time":
         a.obs["time"] = 1.0
         return ValueError, "single time point"

@@ -79,7 +79,13 @@ def fit_times(adata, key: str) -> tuple[str, np.ndarray, np.ndarray]:
     time_key = str(p["time_key"])
     if time_key not in adata.obs:
         raise KeyError(f"The fit under {key!r} used adata.obs[{time_key!r}], which this AnnData lacks.")
-    t = pd.to_numeric(pd.Series(np.asarray(adata.obs[time_key])), errors="coerce").to_numpy(float)
+    from .._times import is_label_column, string_times
+
+    col = adata.obs[time_key]
+    if is_label_column(col):  # "D2", "day 4.5": the same numbers the fit used
+        t = string_times(col, time_key)
+    else:
+        t = pd.to_numeric(pd.Series(np.asarray(col)), errors="coerce").to_numpy(float)
     return time_key, t, np.asarray(p["times"], float)
 
 

@@ -3,11 +3,13 @@
 from ._benchmark import leave_one_out
 from ._fates import cell_transition, couplings, fate_probabilities, pull, push
 from ._fit import fit_flow
+from ._gene_velocity import gene_velocity
 from ._metrics import evaluate
 from ._paths import metric_paths
 from ._predict import interpolate, load_model, predict
 from ._store import get_model
 from ._velocity_embedding import velocity_embedding
+from ._velocity_genes import velocity_genes
 
 __all__ = [
     "fit_flow",
@@ -24,4 +26,6 @@ __all__ = [
     "push",
     "pull",
     "couplings",
+    "gene_velocity",
+    "velocity_genes",
 ]
