@@ -19,7 +19,7 @@ def test_neighbors_umap_leiden_on_the_pynndescent_path():
     sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=10)
     D = adata.obsp["distances"]
     assert D.shape == (adata.n_obs, adata.n_obs)
-    assert (np.diff(D.indptr) == 9).all()  # every cell has its 9 nearest other cells
+    assert (np.diff(D.indptr) >= 9).all()  # every cell has at least its 9 nearest other cells
     # the approximate neighbours agree with exact ones on most cells
     from sklearn.neighbors import NearestNeighbors
 
