@@ -220,3 +220,12 @@ def test_scvelo_velocity_graph_and_stream_on_sctraj_output(fitted_genes, tmp_pat
     cos = (V * Vp).sum(1) / (np.linalg.norm(V, axis=1) * np.linalg.norm(Vp, axis=1) + 1e-12)
     assert np.median(cos) > 0.5
     plt.close("all")
+
+
+def test_package_stays_small():
+    """The wheel must stay under 15 MB: the uncompressed package (data included) is an upper bound of it."""
+    from pathlib import Path
+
+    root = Path(sctraj.__file__).parent
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert size < 15e6, f"the sctraj package holds {size / 1e6:.1f} MB; the wheel must stay under 15 MB"
