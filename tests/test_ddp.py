@@ -170,3 +170,18 @@ def test_example_script_under_torchrun(tmp_path):
     out = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert out.uns["sctraj"]["params"]["distributed"]["world_size"] == 2
     assert "sctraj_velocity_pca" in out.obsm
+
+
+def test_cli_fit_distributed_without_torchrun(monkeypatch, adata_time, tmp_path, capsys):
+    from sctraj.cli import main
+
+    for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(v, raising=False)
+    adata_time.write_h5ad(tmp_path / "in.h5ad")
+    rc = main(["fit", str(tmp_path / "in.h5ad"), "--time-key", "time", "--use-rep", "X_pca", "--n-steps", "2",
+               "--out", str(tmp_path / "out.h5ad"), "--distributed", "--quiet"])
+    assert rc != 0 and "torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", str(tmp_path / "in.h5ad"), "--time-key", "time", "--out", "x.csv", "--n-jobs", "0"])
+    assert e.value.code == 2 and "--n-jobs must be a positive integer" in capsys.readouterr().err
