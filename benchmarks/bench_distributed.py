@@ -1,7 +1,7 @@
 """Parallel leave-one-out (joblib) and data-parallel training (torchrun) on the bundled EB data.
 
-    python benchmarks/bench_distributed.py --part loo    # full leave-one-out, every method: serial vs n_jobs=2
-    python benchmarks/bench_distributed.py --part ddp    # otcfm: 1 vs 2 torchrun ranks (steps/s, held-out W1)
+    python benchmarks/bench_distributed.py --part loo --n-steps 500   # leave-one-out, every method: serial vs n_jobs=2
+    python benchmarks/bench_distributed.py --part ddp --seeds 0 1     # otcfm: 1 vs 2 torchrun ranks (steps/s, W1)
 
 Each part stores its raw numbers in ``results/distributed_<part>.json``; the Markdown table
 ``results/distributed.md`` is rebuilt from whichever parts have run. EB (5 standardised PCs, days 1.5-25.5) has no
@@ -128,7 +128,7 @@ def render() -> str:
         rows = [{**r, "x vs serial": parts["loo"]["runs"][0]["wall_s"] / r["wall_s"]} for r in p["runs"]]
         lines += [
             "## Full leave-one-out, serial vs `n_jobs=2`", "",
-            "- command: `python benchmarks/bench_distributed.py --part loo` (runs "
+            "- command: `python benchmarks/bench_distributed.py --part loo --n-steps 500` (runs "
             "`sctraj.tl.leave_one_out(eb, 'day', methods=<all six>, use_rep='X_pca_scaled', seeds=(0,), "
             "population_key='split', n_jobs=None | 2)`: 3 held-out days x 6 methods = 18 fits, "
             f"training steps: {p['n_steps']}; 500 instead of the methods' defaults of 2000 so that both runs fit in "
@@ -154,7 +154,7 @@ def render() -> str:
         p = parts["ddp"]
         lines += [
             "## Data-parallel training: 1 vs 2 ranks (torchrun, gloo, CPU)", "",
-            "- command: `python benchmarks/bench_distributed.py --part ddp`, which runs for each row "
+            "- command: `python benchmarks/bench_distributed.py --part ddp --seeds 0 1`, which runs for each row "
             "`torchrun --standalone --nproc-per-node=R examples/train_ddp.py --method otcfm --heldout 13.5 "
             "--n-steps N --batch-size B --seed S` (EB, day 13.5 held out; one torch thread per rank)",
             f"- machine: {p['machine']}", f"- date: {p['date']}", "",
