@@ -162,6 +162,22 @@ def test_gene_velocity_errors(fitted_genes, adata_time):
         sctraj.tl.gene_velocity(fitted_genes.copy(), loadings="nope")
 
 
+def test_gene_velocity_warns_when_loadings_do_not_match(fitted_genes, caplog):
+    import logging
+
+    a = fitted_genes.copy()
+    logger = logging.getLogger("sctraj")
+    logger.addHandler(caplog.handler)
+    try:
+        sctraj.tl.gene_velocity(a)
+        assert "do not reproduce" not in caplog.text  # the PCA itself: consistent
+        a.obsm["X_pca"] = a.obsm["X_pca"] * np.arange(1, 9)  # rescaled per dimension after the fit
+        sctraj.tl.gene_velocity(a)
+        assert "do not reproduce" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
 def test_velocity_genes_ranking(fitted_genes):
     a = fitted_genes.copy()
     sctraj.tl.gene_velocity(a)

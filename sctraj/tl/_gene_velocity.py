@@ -44,6 +44,22 @@ def _loadings_key(adata, use_rep: str, loadings: str | None) -> str:
     )
 
 
+def _loadings_mismatch(adata, use_rep: str, Wg: np.ndarray, genes: np.ndarray, d: int) -> float | None:
+    """Relative error of ``obsm[use_rep]`` rebuilt as ``X @ W`` (both centred) on up to 500 cells; ``None`` if unknown."""
+    if use_rep not in adata.obsm or adata.X is None:
+        return None
+    idx = np.linspace(0, adata.n_obs - 1, min(adata.n_obs, 500)).astype(int)
+    X = adata.X[idx][:, np.flatnonzero(genes)]
+    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, np.float64)
+    Z = np.asarray(adata.obsm[use_rep], np.float64)[idx, :d]
+    Zh = X @ Wg
+    Z, Zh = Z - Z.mean(0), Zh - Zh.mean(0)
+    norm = np.linalg.norm(Z)
+    if not np.isfinite(Zh).all() or norm == 0:
+        return None
+    return float(np.linalg.norm(Z - Zh) / norm)
+
+
 def gene_velocity(
     adata,
     *,
@@ -153,6 +169,7 @@ def gene_velocity(
     # decoder: pinv(W) restricted to the PCA's genes (W.T itself for orthonormal PCA loadings)
     Wg = W[genes]
     D = np.linalg.pinv(Wg)  # (d, n_genes_in_pca)
+    mismatch = _loadings_mismatch(adata, use_rep, Wg, genes, d)
 
     V = np.asarray(adata.obsm[vkey], np.float64)[:, :d]
     no_vel = ~np.isfinite(V).all(1)
@@ -199,6 +216,13 @@ def gene_velocity(
         "n_genes": int(genes.sum()),
         "expression_layer": expression_layer if write_x else "",
     }
+    if mismatch is not None and mismatch > 0.05:
+        logger.warning(
+            f"gene_velocity: the loadings adata.varm[{lkey!r}] applied to adata.X do not reproduce "
+            f"adata.obsm[{use_rep!r}] (relative error {mismatch:.2f} on up to 500 cells): adata.X was changed after "
+            "the PCA, or the embedding is not this PCA (e.g. rescaled per dimension). Gene velocities are only "
+            "right for the PCA itself: fit on use_rep='X_pca' with adata.X as the PCA saw it."
+        )
     if no_vel.any():
         logger.warning(
             f"gene_velocity: {int(no_vel.sum())} cells lie outside the fitted time range and have no velocity; "
