@@ -8,6 +8,9 @@ Three parts, each selectable with ``--part``:
              first time pushed to the middle time by each method, and their mean distance to the arc.
 * ``scale``: fit time and peak memory (RSS) of ``metricfm`` vs ``otcfm`` on 50-d data with tens of thousands of
              cells (RBF metric, picked by ``metric="auto"``).
+* ``speed``: CPU seconds of one default fit (all time points) of ``otcfm`` and ``metricfm``, one after the other in
+             one process, on hematopoiesis (2-d, 10,998 cells), EB (5 standardised PCs) and EB's first 50 PCs
+             (standardised; RBF metric), per seed, and the ratio.
 
 Usage: ``python benchmarks/bench_metricfm.py --part loo --seeds 0 1 2`` (writes nothing; prints Markdown tables).
 """
@@ -165,10 +168,43 @@ def scale(n_cells, dim, n_steps):
         print(f"\nmetricfm / otcfm fit time: {df.fit_s.iloc[1] / df.fit_s.iloc[0]:.2f}x")
 
 
+def speed(seeds):
+    import os
+
+    import torch
+
+    import sctraj
+
+    torch.set_num_threads(1)
+    h = sctraj.datasets.hematopoiesis()
+    e5 = sctraj.datasets.eb()
+    sctraj.pp.scale_embedding(e5, use_rep="X_pca", n_dims=5)
+    e50 = sctraj.datasets.eb()
+    sctraj.pp.scale_embedding(e50, use_rep="X_pca", n_dims=50)
+    rows = []
+    for name, a, key, rep in (("hematopoiesis 2-d", h, "day", "X_emb"), ("EB 5-d", e5, "day", "X_pca_scaled"),
+                              ("EB 50-d", e50, "day", "X_pca_scaled")):
+        for s in seeds:
+            for m in ("otcfm", "metricfm"):
+                c0, w0 = time.process_time(), time.perf_counter()
+                sctraj.tl.fit_flow(a, key, method=m, use_rep=rep, random_state=s, progress=False, trajectory_n_grid=0,
+                                   key_added="_speed")
+                rows.append({"data": name, "seed": s, "method": m, "cpu_s": time.process_time() - c0,
+                             "wall_s": time.perf_counter() - w0, "load": os.getloadavg()[0]})
+                print(rows[-1], flush=True)
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    t = df.pivot_table(index="data", columns="method", values="cpu_s", aggfunc="mean")
+    t["ratio"] = t["metricfm"] / t["otcfm"]
+    print(t.round(2).to_markdown())
+    print(f"load during the run: {df.load.min():.1f}-{df.load.max():.1f}")
+
+
 def main():
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["all", "loo", "arc", "scale"], default="all",
+    ap.add_argument("--part", choices=["all", "loo", "arc", "scale", "speed"], default="all",
                     help="'all' (what make bench runs): arc (both toys), loo, scale")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n-steps", type=int, default=None)
@@ -190,6 +226,8 @@ def main():
             arc(args.seeds, args.n_steps, toy)
     if args.part in ("loo", "all"):
         loo(args.seeds, args.n_steps, args.datasets, args.ipsc_heldout)
+    if args.part == "speed":
+        speed(args.seeds)
     if args.part in ("scale", "all"):
         scale(args.n_cells, args.dim, args.n_steps or 2000)
     print(f"\nwall {time.perf_counter() - t0:.0f}s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

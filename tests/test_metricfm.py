@@ -148,3 +148,93 @@ def test_metric_paths_join_the_snapshots_and_validate():
     other = sctraj.tl.fit_flow(_adata(), "time", method="otcfm", **TINY)
     with pytest.raises(ValueError, match="metricfm"):
         sctraj.tl.metric_paths(a, other, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("act", ["selu", "silu", "relu", "tanh", "gelu", "elu"])
+def test_tangent_propagation_equals_forward_mode_ad(act):
+    import torch.autograd.forward_ad as fwad
+
+    torch.manual_seed(0)
+    f = GeodesicInterpolant(3, width=16, depth=3, act=act).double()
+    x0, x1 = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64)
+    s, t0, dt = torch.rand(9, dtype=torch.float64), torch.rand(9, dtype=torch.float64), torch.rand(9, dtype=torch.float64)
+    xt, ut = f.point_and_velocity(x0, x1, s, t0, dt)
+    with fwad.dual_level():
+        sd = fwad.make_dual(s, torch.ones_like(s))
+        out = fwad.unpack_dual(f(x0, x1, sd, t0 + sd * dt))
+    torch.testing.assert_close(xt, out.primal)
+    torch.testing.assert_close(ut, out.tangent)
+    # and it is differentiable in the parameters
+    ut.pow(2).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in f.parameters())
+
+
+def test_interpolant_without_time_input():
+    f = GeodesicInterpolant(2, width=8, depth=2, act="selu", use_time=False)
+    assert f.phi[0].in_features == 4
+    x0, x1, s = torch.randn(5, 2), torch.randn(5, 2), torch.rand(5)
+    xt, ut = f.point_and_velocity(x0, x1, s, torch.zeros(5), torch.ones(5))
+    h = 1e-3
+    fd = (f(x0, x1, s + h, s) - f(x0, x1, s - h, s)) / (2 * h)
+    torch.testing.assert_close(ut, fd, rtol=1e-2, atol=1e-3)
+
+
+def test_rbf_metric_adaptive_eps_follows_the_reference_rule():
+    X = _ring()
+    m = RBFMetric(2, 30, kappa=1.5, eps=None).fit(X, np.random.default_rng(0))
+    assert m.val_loss < 0.2
+    assert m.eps == pytest.approx((1 - m.val_loss) / 2.75)
+    m2 = RBFMetric(2, 30, kappa=1.5, eps=None, alpha=2.0).fit(X, np.random.default_rng(0))
+    x = torch.tensor([[0.0, 0.0]])
+    torch.testing.assert_close(m2.inverse_h(x), m.inverse_h(x) ** 2)
+
+
+def test_geopath_early_stopping_and_options():
+    a = _adata()
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **{**TINY, "n_steps": 40}, geopath_steps=400,
+                       geopath_eval_every=2, geopath_patience=2, geopath_lr=1e-6)
+    rec = a.uns["sctraj"]
+    # a learning rate too small to improve the held-out energy stops stage 1 long before its 400 steps
+    assert rec["geopath_steps_run"] < 400 and len(rec["history"]["geopath_val_loss"]) >= 2
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **TINY, geopath_val_fraction=0.0, geopath_normalise="global",
+                       metric_alpha=2.0, metric_eps=0.01, geopath_time=False, geopath_width=8)
+    assert a.uns["sctraj"]["geopath_steps_run"] == 5 and "geopath_val_loss" not in a.uns["sctraj"]["history"]
+    np.testing.assert_allclose(a.uns["sctraj"]["metric_eps"], [0.01, 0.01])
+    for bad, msg in (({"geopath_normalise": "x"}, "geopath_normalise"), ({"metric_eps": "x"}, "metric_eps"),
+                     ({"metric_alpha": 0}, "metric_alpha"), ({"geopath_val_fraction": 0.7}, "geopath_val_fraction"),
+                     ({"metric_cells": "x"}, "metric_cells")):
+        with pytest.raises(ValueError, match=msg):
+            MetricFMConfig(**bad)
+
+
+def _arch(n=300, seed=0):
+    """The arch toy of the Metric FM paper (Sec. 5.1): two ends of a half circle, the middle held out."""
+    rng = np.random.default_rng(seed)
+    u0 = np.sort(np.abs(rng.normal(0, 1 / (2 * np.pi), n)))
+    u2 = np.sort(1 - np.abs(rng.normal(0, 1 / (2 * np.pi), n)))
+    X = []
+    for u in (u0, (u0 + u2) / 2, u2):
+        th, r = np.pi * (1 - u), 1 + 0.1 * rng.standard_normal(n)
+        X.append(np.c_[r * np.cos(th), r * np.sin(th)])
+    import anndata as ad
+    import pandas as pd
+
+    t = np.repeat([0.0, 1.0, 2.0], n)
+    a = ad.AnnData(obs=pd.DataFrame({"time": t}, index=[f"c{i}" for i in range(3 * n)]))
+    a.obsm["X_pca"] = np.concatenate(X).astype(np.float32)
+    return a
+
+
+def test_geodesic_paths_follow_the_curved_toy():
+    """The learned interpolants bend along the arch instead of cutting the chord (the geodesic property)."""
+    a = _arch()
+    model = sctraj.tl.fit_flow(a, "time", method="metricfm", exclude_times=[1.0], n_steps=300, geopath_steps=300,
+                               progress=False, random_state=0, trajectory_n_grid=0)
+    p = sctraj.tl.metric_paths(a, model, 0.0, 2.0, n_cells=200, n_grid=3)
+    mid = p.obsm["X_pca"][p.obs["fraction"].to_numpy() == 0.5]
+    ends = a.obsm["X_pca"][a.obs_names.get_indexer(p.obs["source_cell"][p.obs["fraction"] == 0.5])], \
+        a.obsm["X_pca"][a.obs_names.get_indexer(p.obs["target_cell"][p.obs["fraction"] == 0.5])]
+    chord = 0.5 * (ends[0] + ends[1])
+    off_learned = np.abs(np.linalg.norm(mid, axis=1) - 1).mean()
+    off_straight = np.abs(np.linalg.norm(chord, axis=1) - 1).mean()
+    assert off_learned < 0.5 * off_straight

@@ -108,6 +108,7 @@ def train(
     sync_every: int = 50,
     num_threads: int | None = None,
     lr_schedule: str = "constant",
+    stop: Callable[[int], bool] | None = None,
 ) -> dict[str, list[float]]:
     """Minimise ``loss_fn(step)["loss"]`` for ``n_steps`` AdamW steps.
 
@@ -115,7 +116,9 @@ def train(
     the returned history under ``prefix + name``. A non-finite loss stops training with a ``FloatingPointError``
     naming the first bad step (detected at most ``sync_every`` steps late). ``num_threads`` sets torch's CPU threads
     for the duration of training (``None`` keeps the current setting). ``lr_schedule="cosine"`` decays the learning
-    rate along a half cosine from ``lr`` to ``lr / 100`` over the ``n_steps`` steps.
+    rate along a half cosine from ``lr`` to ``lr / 100`` over the ``n_steps`` steps. ``stop(step)``, if given, is
+    called after every optimiser step; training ends early when it returns ``True`` (e.g. early stopping on a
+    held-out loss).
     """
     from tqdm.auto import tqdm
 
@@ -188,8 +191,11 @@ def train(
             if sched is not None:
                 sched.step()
             pending.append({k: v.detach() for k, v in out.items()})
-            if len(pending) >= sync_every or step == n_steps - 1:
+            halt = stop is not None and bool(stop(step))
+            if len(pending) >= sync_every or step == n_steps - 1 or halt:
                 flush(step)
                 if progress:
                     bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
+            if halt:
+                break
     return history

@@ -37,11 +37,13 @@ from torch import nn
 from ..engine import couplings, distributed
 from ..engine.metrics import LANDMetric, RBFMetric, resolve_metric
 from ..engine.nn import VectorField, mlp
-from ..engine.trainer import train
+from ..engine.trainer import cpu_threads, train
 from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
-COUPLINGS = ("ot", "independent")
+COUPLINGS = ("ot", "independent", "metric_ot")
+NORMALISE = ("interval", "global")
+METRIC_CELLS = ("interval", "all")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,34 +55,67 @@ class MetricFMConfig(MethodConfig):
     sigma
         Gaussian width around the learned path in the flow-matching stage (as in OT-CFM).
     coupling
-        ``"ot"`` (exact minibatch OT, Euclidean cost: OT-MFM) or ``"independent"`` (I-MFM).
+        ``"ot"`` (exact OT with the squared Euclidean cost: OT-MFM, the paper's and the reference code's choice),
+        ``"independent"`` (I-MFM) or ``"metric_ot"`` (exact OT whose cost is the kinetic energy of the straight
+        segment under the metric, by the three-point midpoint rule; an ablation, much costlier per plan).
     metric
-        ``"land"``, ``"rbf"`` or ``"auto"`` (LAND up to ``land_max_dims`` dimensions, RBF above).
+        ``"land"``, ``"rbf"`` or ``"auto"``: LAND up to ``land_max_dims`` dimensions, RBF above. LAND's single
+        isotropic bandwidth and its per-dimension local variance are meaningful in a few whitened dimensions (the
+        paper and its reference code use LAND on 5-d data); in 30-100 dimensions every cell is far from every other
+        at one bandwidth, so ``auto`` switches to the RBF metric, whose k-means centres carry their own bandwidths
+        (the reference's 50/100-d configurations).
     land_max_dims
         Largest dimension for which ``metric="auto"`` picks LAND.
     land_gamma
         LAND kernel bandwidth, in units of the embedding's overall standard deviation, or ``"scott"`` (default): per
         interval ``land_gamma_scale * n ** (-1 / (d + 4))`` for its ``n`` cells in ``d`` dimensions (Scott's rule for
-        a kernel density estimate, which LAND's ``h`` is a weighted form of). The rule narrows the kernel where cells
-        are dense or few-dimensional, so that paths follow thin structures, and widens it for sparse,
-        higher-dimensional data. The paper sets the bandwidth by hand per dataset.
+        a kernel density estimate, which LAND's ``h`` is a weighted form of). The reference code sets the
+        bandwidth by hand per dataset (0.125 on whitened EB).
     land_gamma_scale
-        Multiplier of Scott's rule. ``0.65`` reproduces the fixed bandwidth ``0.3`` that was best on the bundled EB
-        intervals (1,100 cells in 5 dimensions: ``0.65 * 1100 ** (-1/9) = 0.30``).
+        Multiplier of Scott's rule.
     land_max_points
-        At most this many landmark cells per interval for LAND (memory ``batch x land_max_points``).
+        At most this many landmark cells per interval for LAND (a uniform subsample, ``h`` rescaled by
+        ``n / land_max_points``, an unbiased estimate of the sum over all cells); cost per point is linear in it.
     rbf_n_centers
-        k-means centres per interval for the RBF metric.
+        k-means centres per interval for the RBF metric (the reference's 50/100-d configurations: 150).
     rbf_kappa
-        RBF bandwidth multiplier (``lambda_k = 1 / (2 (kappa sigma_k)^2)``).
+        RBF bandwidth multiplier (``lambda_k = 1 / (2 (kappa sigma_k)^2)``; reference 50/100-d: 1.5).
+    metric_alpha
+        Exponent ``alpha`` of ``G = (diag(h) + eps)^-alpha``.
     metric_eps
-        ``eps`` of ``G = (diag(h) + eps)^-1`` (the paper's ``rho`` / ``epsilon``).
+        ``eps`` of ``G``, or ``"auto"``: ``1e-3`` for LAND (the reference's ``rho``) and, for RBF, the reference's
+        adaptive ``(1 - L_val) / 2.75`` from the held-out loss ``L_val`` of the learned RBF weights.
+    metric_cells
+        Cells each interval's metric is built from: ``"interval"`` (its two snapshots, as in the paper) or
+        ``"all"`` (every fitted snapshot; an ablation for long intervals left by a held-out time).
     geopath_steps
-        Training steps of the interpolant (stage 1); ``None`` uses a quarter of the flow-matching steps.
+        Maximum training steps of the interpolant (stage 1); ``None``: a quarter of the flow-matching steps.
     geopath_lr
         Learning rate of the interpolant.
-    ot_block_size, ot_refresh
-        Block OT settings, as in ``otcfm``.
+    geopath_width
+        Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
+    geopath_time
+        Whether ``phi`` sees the global time (the reference's ``time_geopath``).
+    geopath_normalise
+        Stage-1 loss: ``"interval"`` (each interval's energy divided by that of the straight interpolant, then
+        averaged, so intervals with different metric scales weigh equally) or ``"global"`` (the mean energy over all
+        intervals divided by its straight-line value, as in the reference code).
+    geopath_val_fraction, geopath_eval_every, geopath_patience
+        Early stopping of stage 1, as the reference does: this fraction of each snapshot's cells is held out, the
+        interpolant's energy on OT pairs of held-out cells is evaluated every ``geopath_eval_every`` steps, training
+        stops after ``geopath_patience`` evaluations without improvement and the best interpolant is kept.
+        ``geopath_val_fraction=0`` trains for ``geopath_steps`` steps without a split.
+    ot_block_size, ot_refresh, ot_full_size
+        OT settings, as in ``otcfm`` (the same coupling in both stages).
+    num_threads
+        Torch CPU threads while fitting (``0`` keeps torch's setting), as in ``otcfm``.
+    chunk_steps
+        Stage 2 draws pairs and evaluates the frozen interpolant for this many steps at once (throughput only).
+    path_reuse
+        Each sample of the frozen learned paths (a pair, a time, its point and velocity) serves this many
+        flow-matching steps, each time with fresh Gaussian noise and at a different step. Evaluating the
+        interpolant and its time derivative costs about as much as a training step of the field; sharing the
+        samples halves that cost at ``2``. ``1`` (default) draws fresh samples for every step.
     """
 
     sigma: float = 0.1
@@ -89,19 +124,33 @@ class MetricFMConfig(MethodConfig):
     land_max_dims: int = 10
     land_gamma: float | str = "scott"
     land_gamma_scale: float = 0.65
-    land_max_points: int = 4096
-    rbf_n_centers: int = 100
-    rbf_kappa: float = 1.0
-    metric_eps: float = 1e-3
+    land_max_points: int = 1024
+    rbf_n_centers: int = 150
+    rbf_kappa: float = 1.5
+    metric_alpha: float = 1.0
+    metric_eps: float | str = "auto"
+    metric_cells: str = "interval"
     geopath_steps: int | None = None
     geopath_lr: float = 1e-3
-    ot_block_size: int = 1024
-    ot_refresh: int = 50
+    geopath_width: int | None = None
+    geopath_time: bool = True
+    geopath_normalise: str = "interval"
+    geopath_val_fraction: float = 0.1
+    geopath_eval_every: int = 25
+    geopath_patience: int = 4
+    ot_block_size: int = 512
+    ot_refresh: int = 25
+    ot_full_size: int = 1024
+    num_threads: int = 1
+    chunk_steps: int = 50
+    path_reuse: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}.")
+        for name, allowed in (("coupling", COUPLINGS), ("geopath_normalise", NORMALISE),
+                              ("metric_cells", METRIC_CELLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         resolve_metric(self.metric, 1, 1)
         g = self.land_gamma
         if isinstance(g, str):
@@ -109,14 +158,29 @@ class MetricFMConfig(MethodConfig):
                 raise ValueError(f"land_gamma must be a positive number or 'scott', got {g!r}.")
         elif isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g) or g <= 0:
             raise ValueError(f"land_gamma must be a positive number or 'scott', got {g!r}.")
-        if not (isinstance(self.land_gamma_scale, int | float) and np.isfinite(self.land_gamma_scale)
-                and self.land_gamma_scale > 0):
-            raise ValueError(f"land_gamma_scale must be a positive number, got {self.land_gamma_scale!r}.")
-        if self.geopath_steps is not None and (isinstance(self.geopath_steps, bool) or self.geopath_steps < 0):
-            raise ValueError(f"geopath_steps must be None or a non-negative integer, got {self.geopath_steps!r}.")
-        for name in ("land_max_points", "rbf_n_centers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        for name in ("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}.")
+        e = self.metric_eps
+        if isinstance(e, str):
+            if e != "auto":
+                raise ValueError(f"metric_eps must be a positive number or 'auto', got {e!r}.")
+        elif isinstance(e, bool) or not isinstance(e, int | float) or not np.isfinite(e) or e <= 0:
+            raise ValueError(f"metric_eps must be a positive number or 'auto', got {e!r}.")
+        if self.geopath_steps is not None:
+            self.check_ints(("geopath_steps",), minimum=0)
+        if self.geopath_width is not None:
+            self.check_ints(("geopath_width",))
+        self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
+                         "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
+        self.check_ints(("num_threads",), minimum=0)
+        if not isinstance(self.geopath_time, bool):
+            raise ValueError(f"geopath_time must be True or False, got {self.geopath_time!r}.")
+        if not (isinstance(self.geopath_val_fraction, int | float) and 0 <= self.geopath_val_fraction < 0.5):
+            raise ValueError(f"geopath_val_fraction must be in [0, 0.5), got {self.geopath_val_fraction!r}.")
+        if not self.sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma!r}.")
 
 
 def land_bandwidth(cfg: MetricFMConfig, n_cells: int, dim: int) -> float:
@@ -126,36 +190,90 @@ def land_bandwidth(cfg: MetricFMConfig, n_cells: int, dim: int) -> float:
     return float(cfg.land_gamma)
 
 
-class GeodesicInterpolant(nn.Module):
-    """``x_s = (1-s) x0 + s x1 + gamma(s) phi(x0, x1, t)`` with ``gamma(s) = 2 s (1-s)`` and an MLP ``phi``."""
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
-    def __init__(self, dim: int, *, width: int, depth: int, act: str) -> None:
+
+def _act_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Derivative of an activation module (those of :mod:`sctraj.engine.nn`) at ``pre``, given ``out = act(pre)``."""
+    if isinstance(act, nn.SELU):  # scale for x > 0, scale * alpha * e^x = out + scale * alpha otherwise
+        return (out + _SELU_SCALE * _SELU_ALPHA).masked_fill_(pre > 0, _SELU_SCALE)
+    if isinstance(act, nn.ELU):
+        return (out + act.alpha).masked_fill_(pre > 0, 1.0)
+    if isinstance(act, nn.ReLU):
+        return (pre > 0).to(pre.dtype)
+    if isinstance(act, nn.Tanh):
+        return 1 - out * out
+    if isinstance(act, nn.SiLU):
+        sg = torch.sigmoid(pre)
+        return sg * (1 + pre * (1 - sg))
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return 0.5 * (1 + torch.erf(pre / np.sqrt(2.0))) + pre * torch.exp(-0.5 * pre**2) / np.sqrt(2 * np.pi)
+    raise TypeError(f"no derivative for activation {type(act).__name__}")
+
+
+class GeodesicInterpolant(nn.Module):
+    """``x_s = (1-s) x0 + s x1 + gamma(s) phi(x0, x1[, t])`` with ``gamma(s) = 2 s (1-s)`` and an MLP ``phi``."""
+
+    def __init__(self, dim: int, *, width: int, depth: int, act: str, use_time: bool = True) -> None:
         super().__init__()
-        self.phi = mlp(2 * dim + 1, dim, width, depth, act)
+        self.use_time = bool(use_time)
+        self.phi = mlp(2 * dim + int(self.use_time), dim, width, depth, act)
 
     @staticmethod
     def gamma(s: torch.Tensor) -> torch.Tensor:
         return 1.0 - s**2 - (1.0 - s) ** 2
 
+    def _inp(self, x0, x1, t):
+        return torch.cat([x0, x1, t.reshape(-1, 1)] if self.use_time else [x0, x1], 1)
+
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Point at local time ``s`` (per pair) whose global time is ``t`` (per pair)."""
-        s2, t2 = s.reshape(-1, 1), t.reshape(-1, 1)
-        return (1 - s2) * x0 + s2 * x1 + self.gamma(s2) * self.phi(torch.cat([x0, x1, t2], 1))
+        s2 = s.reshape(-1, 1)
+        return (1 - s2) * x0 + s2 * x1 + self.gamma(s2) * self.phi(self._inp(x0, x1, t))
+
+    def _phi_and_dt(self, inp: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``phi`` and its derivative along the time input times ``dt``, by forward tangent propagation.
+
+        One pass through the MLP carrying the tangent beside the value (Linear: ``W tangent``; activation:
+        ``f'(pre) tangent``): the same numbers as forward-mode AD (:func:`torch.func.jvp`) at the cost of about two
+        forward passes, differentiable with respect to the parameters by ordinary backpropagation.
+        """
+        layers = list(self.phi)
+        first = layers[0]
+        h = first(inp)
+        tan = first.weight[:, -1][None, :] * dt.reshape(-1, 1)
+        for layer in layers[1:]:
+            if isinstance(layer, nn.Linear):
+                h, tan = layer(h), tan @ layer.weight.T
+            else:
+                out = layer(h)
+                tan = tan * _act_derivative(layer, h, out)
+                h = out
+        return h, tan
 
     def point_and_velocity(
         self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, t0: torch.Tensor, dt: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_s, d x_s / d s)`` with the global time ``t0 + s dt`` moving along; exact forward-mode derivative.
+        """``(x_s, d x_s / d s)`` with the global time ``t0 + s dt`` moving along; exact derivative."""
+        s2 = s.reshape(-1, 1)
+        inp = self._inp(x0, x1, t0 + s * dt)
+        if self.use_time:
+            phi, dphi = self._phi_and_dt(inp, dt)
+        else:
+            phi, dphi = self.phi(inp), None
+        g = self.gamma(s2)
+        x = (1 - s2) * x0 + s2 * x1 + g * phi
+        u = x1 - x0 + (2 - 4 * s2) * phi
+        if dphi is not None:
+            u = u + g * dphi
+        return x, u
 
-        Forward-mode AD (the primitive behind :func:`torch.func.jvp`) with tangent 1 on ``s``; differentiable with
-        respect to the parameters, which stage 1 needs.
-        """
-        import torch.autograd.forward_ad as fwad
 
-        with fwad.dual_level():
-            sd = fwad.make_dual(s, torch.ones_like(s))
-            out = fwad.unpack_dual(self(x0, x1, sd, t0 + sd * dt))
-        return out.primal, out.tangent
+def _split(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train / held-out cell indices of one snapshot (no held-out cells when ``frac`` is 0 or there are < 10)."""
+    perm = rng.permutation(n)
+    n_val = int(round(frac * n)) if n >= 10 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 @register_method("metricfm")
@@ -165,6 +283,11 @@ class MetricFM(BaseMethod):
     Learns approximate geodesics of a data-dependent metric (LAND or RBF) between OT-coupled cells of consecutive
     snapshots, then fits a time-conditioned vector field to the velocities of those curved paths. See the module
     docstring for the two stages; :meth:`paths` returns the learned interpolants.
+
+    ``metric="auto"`` (default) picks LAND up to ``land_max_dims = 10`` dimensions and the RBF metric above: LAND's
+    one isotropic bandwidth and per-dimension local variance suit a few whitened PCs (where the paper uses it), while
+    in 30-100 dimensions distances concentrate and the k-means RBF network with per-centre bandwidths, learned
+    weights and adaptive ``eps`` is what the paper's reference code uses.
     """
 
     Config = MetricFMConfig
@@ -173,14 +296,17 @@ class MetricFM(BaseMethod):
         super().__init__(dim, config, meta)
         cfg = config
         self.net = VectorField(dim, width=cfg.width, depth=cfg.depth, act=cfg.activation)
-        self.interpolant = GeodesicInterpolant(dim, width=cfg.width, depth=cfg.depth, act=cfg.activation)
+        self.interpolant = GeodesicInterpolant(dim, width=cfg.geopath_width or cfg.width, depth=cfg.depth,
+                                               act=cfg.activation, use_time=cfg.geopath_time)
         kind = self.meta.get("metric", resolve_metric(cfg.metric, dim, cfg.land_max_dims))
         sizes = [int(n) for n in self.meta.get("interval_cells", [])]
+        eps = None if cfg.metric_eps == "auto" else float(cfg.metric_eps)
         if kind == "land":
-            ms = [LANDMetric(dim, min(n, cfg.land_max_points), gamma=land_bandwidth(cfg, n, dim), eps=cfg.metric_eps)
-                  for n in sizes]
+            ms = [LANDMetric(dim, min(n, cfg.land_max_points), gamma=land_bandwidth(cfg, n, dim),
+                             eps=1e-3 if eps is None else eps, alpha=cfg.metric_alpha) for n in sizes]
         else:
-            ms = [RBFMetric(dim, min(n, cfg.rbf_n_centers), kappa=cfg.rbf_kappa, eps=cfg.metric_eps) for n in sizes]
+            ms = [RBFMetric(dim, min(n, cfg.rbf_n_centers), kappa=cfg.rbf_kappa, eps=eps, alpha=cfg.metric_alpha)
+                  for n in sizes]
         self.metric_kind = kind
         self.metrics = nn.ModuleList(ms)
         self.register_buffer("tau", torch.as_tensor(self.meta.get("tau", [0.0, 1.0]), dtype=torch.float32))
@@ -189,16 +315,19 @@ class MetricFM(BaseMethod):
     @classmethod
     def prepare(cls, adata, tc, data, params, *, population_key):
         cfg = cls.Config.from_params(dict(params))
+        n_all = int(sum(len(x) for x in data.X))
+        n_int = [int(len(data.X[k]) + len(data.X[k + 1])) for k in range(len(data.X) - 1)]
         return {
             "metric": resolve_metric(cfg.metric, data.dim, cfg.land_max_dims),
-            "interval_cells": [int(len(data.X[k]) + len(data.X[k + 1])) for k in range(len(data.X) - 1)],
+            "interval_cells": [n_all] * len(n_int) if cfg.metric_cells == "all" else n_int,
             "tau": [float(t) for t in data.tau],
         }
 
     def report(self, model, data):
-        out = {"metric": self.metric_kind}
+        out = {"metric": self.metric_kind, "metric_eps": np.array([m.eps for m in self.metrics], float)}
         if self.metric_kind == "land":  # the bandwidth each interval used (internal units)
             out["land_gamma"] = np.array([m.gamma for m in self.metrics], float)
+        out["geopath_steps_run"] = int(getattr(self, "_geopath_steps_run", 0))
         return out
 
     # -- dynamics ----------------------------------------------------------------------------------------------
@@ -219,7 +348,34 @@ class MetricFM(BaseMethod):
         return torch.stack(out)
 
     # -- training ----------------------------------------------------------------------------------------------
+    def _metric_plan(self, k: int) -> couplings.PlanFn:
+        """Exact OT whose cost is the straight segment's kinetic energy under interval ``k``'s metric."""
+        metric = self.metrics[k]
+
+        def plan(x0, x1, a=None, b=None):
+            import ot
+
+            with torch.no_grad():
+                A, B = torch.as_tensor(x0, dtype=torch.float32), torch.as_tensor(x1, dtype=torch.float32)
+                C = np.zeros((len(A), len(B)))
+                for i in range(0, len(A), 64):
+                    a0 = A[i : i + 64, None, :]
+                    v = B[None] - a0
+                    e = sum(metric.energy((a0 + s * v).reshape(-1, A.shape[1]), v.reshape(-1, A.shape[1]))
+                            for s in (0.25, 0.5, 0.75)) / 3
+                    C[i : i + 64] = e.reshape(len(a0), len(B)).double().numpy()
+            a = couplings.uniform(len(A)) if a is None else a / a.sum()
+            b = couplings.uniform(len(B)) if b is None else b / b.sum()
+            return ot.emd(a, b, C / C.max(), numItermax=10_000_000)
+
+        return plan
+
     def fit(self, data: FitData, *, n_steps, batch_size, rng, device, progress):
+        cfg = self.config
+        with cpu_threads(cfg.num_threads or None):
+            return self._fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=device, progress=progress)
+
+    def _fit(self, data: FitData, *, n_steps, batch_size, rng, device, progress):
         cfg = self.config
         n_int = len(data.X) - 1
         if len(self.metrics) != n_int:
@@ -227,88 +383,155 @@ class MetricFM(BaseMethod):
                 f"This metricfm model was built for {len(self.metrics)} intervals but got {n_int}; "
                 "fit it through sctraj.tl.fit_flow."
             )
-        plan = couplings.exact_plan if cfg.coupling == "ot" else None
-        samplers = [
-            couplings.PairSampler(
-                data.X[k], data.X[k + 1], plan, batch_size=batch_size, block_size=cfg.ot_block_size,
-                refresh=cfg.ot_refresh, rng=np.random.default_rng(rng.integers(2**63)),
-            )
-            for k in range(n_int)
-        ]
-        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
-        X = [torch.as_tensor(x, device=device) for x in data.X]
-        tau = [float(t) for t in data.tau]
-        # metrics, one per interval, from the cells of its two snapshots
+        B, d = batch_size, data.dim
+        # ---- metrics, one per interval, from the cells of its two snapshots (or of all snapshots) -------------
         for k, m in enumerate(self.metrics):
-            Xk = np.concatenate([data.X[k], data.X[k + 1]])
-            sub = np.random.default_rng(rng.integers(2**63))
-            if isinstance(m, RBFMetric):
-                m.fit(Xk, sub)
-            else:
-                m.fit(Xk, sub)
+            Xk = np.concatenate(data.X if cfg.metric_cells == "all" else [data.X[k], data.X[k + 1]])
+            m.fit(Xk, np.random.default_rng(rng.integers(2**63)))
         distributed.broadcast_module(self.metrics)  # data-parallel fits: every rank uses rank 0's metrics
+        X = [torch.as_tensor(x, device=device) for x in data.X]
+        tau = np.asarray(data.tau, np.float64)
 
-        def batch():
-            x0s, x1s, ss, t0s, dts, ks = [], [], [], [], [], []
+        def plan_fn(k):
+            if cfg.coupling == "independent":
+                return None
+            return self._metric_plan(k) if cfg.coupling == "metric_ot" else couplings.exact_plan
+
+        def sampler(k, idx0=None, idx1=None):
+            x0 = data.X[k] if idx0 is None else data.X[k][idx0]
+            x1 = data.X[k + 1] if idx1 is None else data.X[k + 1][idx1]
+            return couplings.PairSampler(
+                x0, x1, plan_fn(k), batch_size=B, block_size=cfg.ot_block_size,
+                refresh=cfg.ot_refresh, full_size=cfg.ot_full_size, rng=np.random.default_rng(rng.integers(2**63)),
+            )
+
+        gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+        t0_all = torch.as_tensor(np.repeat(tau[:-1], B), dtype=torch.float32, device=device)
+        dt_all = torch.as_tensor(np.repeat(np.diff(tau), B), dtype=torch.float32, device=device)
+
+        def draw(samplers, idx, n):
+            """``n`` pairs per interval: (x0, x1) stacked interval-major, as tensors."""
+            x0s, x1s = [], []
             for k, smp in enumerate(samplers):
-                p = smp.next()
-                x0s.append(X[k][torch.from_numpy(p.i0).to(device)])
-                x1s.append(X[k + 1][torch.from_numpy(p.i1).to(device)])
-                n = len(p.i0)
-                ss.append(torch.rand(n, device=device, generator=gen))
-                t0s.append(torch.full((n,), tau[k], device=device))
-                dts.append(torch.full((n,), tau[k + 1] - tau[k], device=device))
-                ks.append(n)
-            return (torch.cat(x0s), torch.cat(x1s), torch.cat(ss), torch.cat(t0s), torch.cat(dts), ks)
-
-        def energies(xt, ut, ks):
-            out, pos = [], 0
-            for k, n in enumerate(ks):
-                out.append(self.metrics[k].energy(xt[pos : pos + n], ut[pos : pos + n]).mean())
-                pos += n
-            return torch.stack(out)
+                p = smp.take(n)
+                i0, i1 = (p.i0, p.i1) if idx is None else (idx[k][0][p.i0], idx[k][1][p.i1])
+                x0s.append(X[k][torch.from_numpy(i0).to(device)])
+                x1s.append(X[k + 1][torch.from_numpy(i1).to(device)])
+            return x0s, x1s
 
         history: dict[str, list[float]] = {}
+        g_max = max(1, n_steps // 4) if cfg.geopath_steps is None else int(cfg.geopath_steps)
+        self._geopath_steps_run = 0
+        samplers: list[couplings.PairSampler] = []
         try:
             # ---- stage 1: approximate geodesics (minimise the kinetic energy under G) -------------------------
-            g_steps = max(1, n_steps // 4) if cfg.geopath_steps is None else int(cfg.geopath_steps)
-            if g_steps > 0:
+            if g_max > 0:
+                splits = [_split(len(x), cfg.geopath_val_fraction, np.random.default_rng(rng.integers(2**63)))
+                          for x in data.X]
+                use_val = all(len(v) > 0 for _, v in splits)
+                tr = [(splits[k][0], splits[k + 1][0]) if use_val else
+                      (np.arange(len(data.X[k])), np.arange(len(data.X[k + 1]))) for k in range(n_int)]
+                samplers = [sampler(k, *tr[k]) for k in range(n_int)]
+
+                def energies(xt, ut):
+                    return torch.stack([self.metrics[k].energy(xt[k * n : (k + 1) * n], ut[k * n : (k + 1) * n]).mean()
+                                        for k in range(n_int) for n in (xt.shape[0] // n_int,)])
+
+                def batch(smps, idx, n, g):
+                    x0s, x1s = draw(smps, idx, n)
+                    x0, x1 = torch.cat(x0s), torch.cat(x1s)
+                    s = torch.rand(x0.shape[0], device=device, generator=g)
+                    t0 = torch.as_tensor(np.repeat(tau[:-1], n), dtype=torch.float32, device=device)
+                    dt = torch.as_tensor(np.repeat(np.diff(tau), n), dtype=torch.float32, device=device)
+                    return x0, x1, s, t0, dt
+
                 with torch.no_grad():  # energy of the straight interpolant, per interval (normaliser)
-                    e0 = torch.zeros(n_int, device=device)
-                    n_ref = 4
-                    for _ in range(n_ref):
-                        x0, x1, s, _, _, ks = batch()
-                        xt = (1 - s[:, None]) * x0 + s[:, None] * x1
-                        e0 += energies(xt, x1 - x0, ks) / n_ref
+                    x0, x1, s, _, _ = batch(samplers, tr, 4 * B, gen)
+                    e0 = energies((1 - s[:, None]) * x0 + s[:, None] * x1, x1 - x0)
                     e0 = distributed.mean(e0).clamp_min(1e-12)  # (averaged over the ranks of a data-parallel fit)
+                    e0_global = e0.mean()
+                    val = None
+                    if use_val:  # fixed held-out pairs and times (OT between the held-out cells)
+                        vi = [(splits[k][1], splits[k + 1][1]) for k in range(n_int)]
+                        vs = [couplings.PairSampler(data.X[k][vi[k][0]], data.X[k + 1][vi[k][1]], plan_fn(k),
+                                                    batch_size=B, block_size=cfg.ot_block_size, refresh=1,
+                                                    full_size=cfg.ot_full_size, background=False,
+                                                    rng=np.random.default_rng(rng.integers(2**63)))
+                              for k in range(n_int)]
+                        val = batch(vs, vi, 2 * B, gen)
+                        for v in vs:
+                            v.close()
+
+                def rel_energy(e):
+                    return (e / e0).mean() if cfg.geopath_normalise == "interval" else e.mean() / e0_global
 
                 def geo_loss(step):
-                    x0, x1, s, t0, dt, ks = batch()
+                    x0, x1, s, t0, dt = batch(samplers, tr, B, gen)
                     xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt)
-                    rel = energies(xt, ut, ks) / e0
-                    return {"loss": rel.mean()}
+                    return {"loss": rel_energy(energies(xt, ut))}
 
-                train(self.interpolant.parameters(), geo_loss, g_steps, lr=cfg.geopath_lr,
-                      weight_decay=cfg.weight_decay, progress=progress, desc=f"{self.name} paths",
-                      history=history, prefix="geopath_")
+                best = {"loss": float("inf"), "state": None, "bad": 0}
+
+                def check(step):
+                    if val is None or (step + 1) % cfg.geopath_eval_every:
+                        return False
+                    with torch.no_grad():
+                        xt, ut = self.interpolant.point_and_velocity(*val)
+                        # averaged over the ranks of a data-parallel fit, so that every rank stops at the same step
+                        lv = float(distributed.mean(rel_energy(energies(xt, ut))))
+                    history.setdefault("geopath_val_loss", []).append(lv)
+                    if best["state"] is None or lv < best["loss"] * (1 - 1e-4):
+                        best.update(loss=lv, bad=0,
+                                    state={k: v.detach().clone() for k, v in self.interpolant.state_dict().items()})
+                        return False
+                    best["bad"] += 1
+                    return best["bad"] >= cfg.geopath_patience
+
+                self._geopath_steps_run = len(train(
+                    self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
+                    progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
+                    stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
+                if best["state"] is not None:
+                    self.interpolant.load_state_dict(best["state"])
+                for smp in samplers:
+                    smp.close()
             # ---- stage 2: flow matching on the frozen learned paths ----------------------------------------
             for p in self.interpolant.parameters():
                 p.requires_grad_(False)
+            samplers = [sampler(k) for k in range(n_int)]
+            chunk = max(1, min(cfg.chunk_steps, n_steps))
+            buf: dict[str, torch.Tensor] = {}
 
-            def fm_loss(step):
-                x0, x1, s, t0, dt, _ = batch()
+            def refill(n):
+                # pairs, times, noise and the frozen interpolant's points and velocities for the next n steps at once;
+                # each path sample serves path_reuse of these steps (in shuffled order, fresh noise each time)
+                m = -(-n // cfg.path_reuse)
+                x0s, x1s = draw(samplers, None, m * B)
+                x0 = torch.stack([x.reshape(m, B, d) for x in x0s], 1).reshape(m * n_int * B, d)
+                x1 = torch.stack([x.reshape(m, B, d) for x in x1s], 1).reshape(m * n_int * B, d)
+                s = torch.rand(m * n_int * B, device=device, generator=gen)
+                t0, dt = t0_all.repeat(m), dt_all.repeat(m)
                 with torch.no_grad():
                     xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt)
-                noise = torch.randn(x0.shape, device=device, generator=gen)
-                xt = xt + cfg.sigma * noise
-                pred = self.net(xt, t0 + s * dt)
-                return {"loss": torch.mean((pred - ut / dt[:, None]) ** 2)}
+                order = torch.randperm(m * cfg.path_reuse, generator=gen, device=device)[:n] % m
+                xt, ut = xt.reshape(m, n_int * B, d)[order], (ut / dt[:, None]).reshape(m, n_int * B, d)[order]
+                noise = torch.randn(xt.shape, device=device, generator=gen)
+                buf["x"] = xt + cfg.sigma * noise
+                buf["u"] = ut
+                buf["t"] = (t0 + s * dt).reshape(m, n_int * B)[order]
+
+            def fm_loss(step):
+                j = step % chunk
+                if j == 0:
+                    refill(min(chunk, n_steps - step))
+                pred = self.net(buf["x"][j], buf["t"][j])
+                return {"loss": torch.mean((pred - buf["u"][j]) ** 2)}
 
             train(self.net.parameters(), fm_loss, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   lr_schedule=cfg.lr_schedule, progress=progress, desc=f"{self.name}", history=history)
         finally:
-            for s in samplers:
-                s.close()
+            for smp in samplers:
+                smp.close()
             for p in self.interpolant.parameters():
                 p.requires_grad_(True)
         return history
