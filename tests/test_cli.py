@@ -47,10 +47,15 @@ def test_benchmark_writes_table_and_figure(h5ad, tmp_path):
     assert fig.is_file()
 
 
-def test_demo_writes_results_table_and_figures(tmp_path):
+def test_demo_writes_results_table_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--methods", "otcfm", "--n-steps", "5", "--max-cells", "600"])
     assert rc == 0
+    printed = capsys.readouterr().out
+    # one progress line per stage, each with the elapsed time, and the run's wall and CPU seconds at the end
+    for stage in ("1/1 otcfm: fitting on all 600 cells", "1/1 otcfm: fitted in", "1/1 otcfm: leave-one-out fit",
+                  "1/1 otcfm: W1 (held-out day 4) =", "writing the summary", "CPU seconds"):
+        assert stage in printed, stage
     assert (out / "hematopoiesis_sctraj.h5ad").is_file()
     table = pd.read_csv(out / "summary.csv")
     assert list(table["method"]) == ["no_movement", "ot_interpolation", "otcfm"]
