@@ -31,55 +31,79 @@ LR_SCHEDULES = ("constant", "cosine")
 # torch's global RNG and its intra-op thread count are process-wide. Fits running in threads (joblib
 # prefer="threads", a web server) share them, so every sctraj use of either goes through the lock / the counter below.
 GLOBAL_TORCH_LOCK = threading.RLock()
-_threads_cv = threading.Condition()
-_threads_state: dict = {"n": None, "saved": None, "holders": {}}
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``None``: leave torch's setting), then restore it.
+class SharedSetting:
+    """A process-wide setting (torch's or BLAS's thread count) used by several threads at once, safely.
 
-    Thread-safe: blocks running at the same time in several threads share one setting. A block asking for another
-    count than the one in force waits until the other threads' blocks are done; a nested block (its thread already
-    holds one) never waits: it sets its count when its thread is alone, else runs with the count in force. The
-    caller's setting is restored when the last block ends, so concurrent fits run with the thread count they asked
-    for and torch's setting is never left changed.
+    ``with setting(n):`` runs the block with the setting at ``n`` (``None``: unchanged). Blocks running at the same
+    time in several threads share one value: a block asking for another value than the one in force waits until the
+    other threads' blocks are done; a nested block (its thread already holds one) never waits: it applies its value
+    when its thread is alone, else runs with the value in force. The value before the first block is restored when
+    the last one ends, so concurrent fits run with the setting they asked for and the caller's setting is never left
+    changed (a plain save / set / restore in each thread can restore another thread's value, or change it mid-fit).
     """
-    if n is None:
-        yield
-        return
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"num_threads must be a positive integer or None, got {n!r}.")
-    n = int(n)
-    st = _threads_state
-    me = threading.get_ident()
-    with _threads_cv:
-        nested = me in st["holders"]
-        while not nested and st["n"] != n and st["holders"]:  # only outermost blocks wait: a holder never does
-            _threads_cv.wait()
-        prev = st["n"]
-        if not st["holders"]:
-            st["saved"] = torch.get_num_threads()
-        others = any(tid != me for tid in st["holders"])
-        if prev != n and not others:
-            torch.set_num_threads(n)
-            st["n"] = n
-        st["holders"][me] = st["holders"].get(me, 0) + 1
-    try:
-        yield
-    finally:
-        with _threads_cv:
-            st["holders"][me] -= 1
-            if not st["holders"][me]:
-                del st["holders"][me]
-            if not st["holders"]:
-                torch.set_num_threads(st["saved"])
-                st["n"] = None
-                _threads_cv.notify_all()
-            elif prev is not None and st["n"] != prev:  # a nested block of this thread: back to the outer count
-                torch.set_num_threads(prev)
-                st["n"] = prev
-                _threads_cv.notify_all()
+
+    def __init__(self, name: str, apply: Callable[[int], Callable[[], None]]):
+        self.name, self._apply = name, apply  # apply(n) sets n and returns the function that undoes it
+        self._cv = threading.Condition()
+        self._n: int | None = None
+        self._holders: dict[int, int] = {}
+        self._undo: Callable[[], None] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, n: int | None) -> Iterator[None]:
+        if n is None:
+            yield
+            return
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"{self.name} must be a positive integer or None, got {n!r}.")
+        n = int(n)
+        me = threading.get_ident()
+        undo_inner, prev = None, None
+        with self._cv:
+            nested = me in self._holders
+            while not nested and self._n != n and self._holders:  # only outermost blocks wait: a holder never does
+                self._cv.wait()
+            if not self._holders:
+                self._undo, self._n = self._apply(n), n
+            elif self._n != n and not any(t != me for t in self._holders):
+                prev, undo_inner = self._n, self._apply(n)
+                self._n = n
+            self._holders[me] = self._holders.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._holders[me] -= 1
+                if not self._holders[me]:
+                    del self._holders[me]
+                if not self._holders:
+                    self._undo()
+                    self._n, self._undo = None, None
+                    self._cv.notify_all()
+                elif undo_inner is not None:  # a nested block of this thread: back to the outer value
+                    undo_inner()
+                    self._n = prev
+                    self._cv.notify_all()
+
+
+def _set_torch_threads(n: int) -> Callable[[], None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return lambda: torch.set_num_threads(old)
+
+
+def _set_blas_threads(n: int) -> Callable[[], None]:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(n, user_api="blas").restore_original_limits
+
+
+#: ``with cpu_threads(n):`` torch intra-op threads for the block (thread-safe, see :class:`SharedSetting`)
+cpu_threads = SharedSetting("num_threads", _set_torch_threads)
+#: ``with blas_threads(n):`` BLAS threads (threadpoolctl) for the block (thread-safe, see :class:`SharedSetting`)
+blas_threads = SharedSetting("BLAS threads", _set_blas_threads)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -199,12 +199,11 @@ def _restore_torch_threads():
 
 
 def _blas_threads(n: int | None):
-    """Limit BLAS to ``n`` threads in this block (``None``: no change); restored afterwards."""
-    if n is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    """Limit BLAS to ``n`` threads in this block (``None``: no change); restored afterwards. Thread-safe: tasks in
+    threads of one process share one reference-counted limit (:class:`sctraj.engine.trainer.SharedSetting`)."""
+    from ..engine.trainer import blas_threads
 
-    return threadpool_limits(int(n), user_api="blas")
+    return blas_threads(n)
 
 
 def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev: float, seed: int,
