@@ -34,7 +34,7 @@ GLOBAL_TORCH_LOCK = threading.RLock()
 
 
 class SharedSetting:
-    """A process-wide setting (torch's or BLAS's thread count) used by several threads at once, safely.
+    """A process-wide setting (torch's intra-op thread count) used by several threads at once, safely.
 
     ``with setting(n):`` runs the block with the setting at ``n`` (``None``: unchanged). Blocks running at the same
     time in several threads share one value: a block asking for another value than the one in force waits until the
@@ -94,16 +94,9 @@ def _set_torch_threads(n: int) -> Callable[[], None]:
     return lambda: torch.set_num_threads(old)
 
 
-def _set_blas_threads(n: int) -> Callable[[], None]:
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(n, user_api="blas").restore_original_limits
-
 
 #: ``with cpu_threads(n):`` torch intra-op threads for the block (thread-safe, see :class:`SharedSetting`)
 cpu_threads = SharedSetting("num_threads", _set_torch_threads)
-#: ``with blas_threads(n):`` BLAS threads (threadpoolctl) for the block (thread-safe, see :class:`SharedSetting`)
-blas_threads = SharedSetting("BLAS threads", _set_blas_threads)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -199,11 +199,12 @@ def _restore_torch_threads():
 
 
 def _blas_threads(n: int | None):
-    """Limit BLAS to ``n`` threads in this block (``None``: no change); restored afterwards. Thread-safe: tasks in
-    threads of one process share one reference-counted limit (:class:`sctraj.engine.trainer.SharedSetting`)."""
-    from ..engine.trainer import blas_threads
+    """Limit BLAS to ``n`` threads in this block (``None``: no change); restored afterwards."""
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
 
-    return blas_threads(n)
+    return threadpool_limits(int(n), user_api="blas")
 
 
 def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev: float, seed: int,
