@@ -648,6 +648,22 @@ def test_use_rep_X_sparse_reads_needed_columns_only():
     assert peak < 5 * 2**20, peak  # the dense X would be n * g * 4 = 160 MB
 
 
+def test_sparse_X_use_rep_X_through_velocity_embedding_and_plots(adata_time):
+    import matplotlib
+
+    matplotlib.use("agg")
+    a = ad.AnnData(X=sp.csr_matrix(np.c_[adata_time.obsm["X_pca"], np.zeros((adata_time.n_obs, 200))]
+                                   .astype(np.float32)), obs=adata_time.obs[["time"]].copy(),
+                   obsm={"X_umap": adata_time.obsm["X_pca"][:, :2] * 3})
+    sctraj.tl.fit_flow(a, "time", use_rep="X", n_dims=3, **FAST)
+    sctraj.tl.velocity_embedding(a, basis="umap")  # read X's 3 fitted columns; a dense 203-column copy before
+    assert np.isfinite(a.obsm["sctraj_velocity_umap"]).all()
+    sctraj.pl.trajectories(a, basis="umap", show=False)  # to_basis read np.asarray(sparse X): an object array
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_leave_one_out_does_not_copy_X(adata_time, monkeypatch):
     import sctraj.tl._fit as f
 

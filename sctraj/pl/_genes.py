@@ -32,7 +32,9 @@ def _path_expression(adata, P: np.ndarray, gidx: np.ndarray, *, use_rep: str, n_
     else:
         from sklearn.neighbors import NearestNeighbors
 
-        ref = np.asarray(adata.obsm[use_rep] if use_rep != "X" else adata.X, np.float64)[:, :n_dims]
+        from .._validation import get_rep
+
+        ref = get_rep(adata, use_rep, n_dims, dtype=np.float64)  # only the needed columns
         X = adata.X if layer is None else adata.layers[layer]
         E = X[:, gidx]
         E = np.asarray(E.toarray() if hasattr(E, "toarray") else E, np.float64)

@@ -141,7 +141,9 @@ def to_basis(adata, points: np.ndarray, *, use_rep: str, basis: str, n_neighbors
         return pts[..., :2]
     from sklearn.neighbors import NearestNeighbors
 
-    ref = np.asarray(adata.obsm[use_rep] if use_rep != "X" else adata.X, np.float64)[:, : pts.shape[-1]]
+    from .._validation import get_rep
+
+    ref = get_rep(adata, use_rep, pts.shape[-1], dtype=np.float64)  # only the needed columns (sparse X stays sparse)
     emb = np.asarray(adata.obsm[bkey], np.float64)[:, :2]
     flat = pts.reshape(-1, pts.shape[-1])
     out = np.full((len(flat), 2), np.nan)

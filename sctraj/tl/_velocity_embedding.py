@@ -100,8 +100,9 @@ def velocity_embedding(
     if bkey == use_rep:
         out = V[:, :2].copy()
     else:
-        X = adata.X if use_rep == "X" else adata.obsm[use_rep]
-        X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, np.float64)[:, :d]
+        from .._validation import get_rep
+
+        X = get_rep(adata, use_rep, d, dtype=np.float64)  # only the d needed columns (a sparse X is not densified)
         if not np.isfinite(X).all() or not np.isfinite(E).all():
             raise ValueError(f"adata.obsm[{use_rep!r}] or adata.obsm[{bkey!r}] has NaN values; recompute them.")
         k = min(int(n_neighbors), adata.n_obs - 1)
