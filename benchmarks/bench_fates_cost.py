@@ -8,7 +8,8 @@
   probabilities, lineage drivers) on the simulated bifurcation for growing cell numbers, without petsc4py/slepc4py
   (dense Schur decomposition), with the peak resident memory of the process.
 
-Usage: ``nice -n 5 python benchmarks/bench_fates_cost.py --part fates cellrank --write``.
+Usage: ``nice -n 5 python bench_fates_cost.py --part fates`` (from ``benchmarks/``; writes ``results/fates_cost.md``),
+``--part cellrank`` (writes ``results/fates_cellrank.md``); both by default.
 """
 
 from __future__ import annotations
@@ -124,39 +125,43 @@ def part_cellrank(sizes) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", nargs="+", default=["fates", "cellrank"], choices=["fates", "cellrank"])
+    ap.add_argument("--part", default="all", choices=["all", "fates", "cellrank"])
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--dims", type=int, default=30)
-    ap.add_argument("--cellrank-sizes", type=int, nargs="+", default=[300, 1000, 2000])
-    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--cellrank-sizes", type=int, nargs="+", default=[100, 300, 1000], help="cells per time point")
+    ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    load0 = os.getloadavg()
-    body = []
-    fmt = {"wall s": ".1f", "CPU s": ".1f", "peak extra RSS MB": ".0f", "dense n x n would be MB": ".0f",
-           "peak RSS MB (process)": ".0f", "RSS growth MB": ".0f"}
+    for part in (["fates", "cellrank"] if args.part == "all" else [args.part]):
+        run_part(part, args)
+
+
+def run_part(part, args):
     from _common import table
 
-    if "fates" in args.part:
+    load0 = os.getloadavg()
+    fmt = {"wall s": ".1f", "CPU s": ".1f", "peak extra RSS MB": ".0f", "dense n x n would be MB": ".0f",
+           "peak RSS MB (process)": ".0f", "RSS growth MB": ".0f"}
+    if part == "fates":
         rows = part_fates(args.n, args.dims)
-        body.append("## fate_probabilities and couplings, 10k x 10k\n\n" + table(rows, list(rows[0]), fmt))
-    if "cellrank" in args.part:
+        body = "## fate_probabilities and couplings, 10k x 10k\n\n" + table(rows, list(rows[0]), fmt)
+    else:
         rows = part_cellrank(args.cellrank_sizes)
-        body.append("## CellRank RealTimeKernel + GPCCA on tl.couplings (no petsc4py: dense Schur)\n\n"
-                    "Cells are three time points of the simulated bifurcation of `tests/test_fates.py` (50 genes).\n\n"
-                    + table(rows, list(rows[0]), fmt))
+        body = ("## CellRank RealTimeKernel + GPCCA on tl.couplings (no petsc4py: dense Schur)\n\n"
+                "Cells are three time points of the simulated bifurcation of `tests/test_fates.py` (50 genes).\n\n"
+                + table(rows, list(rows[0]), fmt))
     load1 = os.getloadavg()
-    text = "\n\n".join(body) + (f"\n\nLoad average {load0[0]:.1f} at start, {load1[0]:.1f} at end (2 shared cores, "
-                                "torch with one thread).")
+    text = body + (f"\n\nLoad average {load0[0]:.1f} at start, {load1[0]:.1f} at end (2 shared cores, torch with one "
+                   "thread). CPU s counts every thread of the process; under load, wall time is mostly waiting.")
     print(text)
-    if args.write:
+    if not args.no_write:
         from _common import write_result
 
-        write_result("fates_cost", "Cost of the fate functions and of the CellRank hand-off", text,
-                     notes=__doc__.split("Usage:")[0].strip())
-
+        name, title = {"fates": ("fates_cost", "Cost of fate_probabilities and couplings"),
+                       "cellrank": ("fates_cellrank", "Cost of the CellRank hand-off")}[part]
+        write_result(name, title, text, notes=__doc__.split("Usage:")[0].strip())
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ each cell's fate is averaged over its ``n_source_neighbors`` (default 5) nearest
 The clones are never seen by any method. ``metafm`` is not run: it conditions on populations (replicates,
 patients), which this data set does not have.
 
-Usage: ``nice -n 5 python benchmarks/bench_fates_larry.py --seeds 0 1 2 --write``.
+Usage: ``nice -n 5 python benchmarks/bench_fates_larry.py --seeds 0 1 2 `` (run from ``benchmarks/``; writes the result table).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--n-neighbors", type=int, default=30)
     ap.add_argument("--n-source-neighbors", type=int, default=5)
     ap.add_argument("--min-day6", type=int, default=2)
-    ap.add_argument("--write", action="store_true", help="write benchmarks/results/fates_larry.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
     args = ap.parse_args()
 
     import torch
@@ -140,7 +140,7 @@ def main():
               .reset_index())
     load1 = os.getloadavg()
     print(summ.to_markdown(index=False, floatfmt=".3f"))
-    if args.write:
+    if not args.no_write:
         from _common import table, write_result
 
         cols = list(summ.columns)

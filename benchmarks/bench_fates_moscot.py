@@ -10,7 +10,7 @@ moscot's ``TemporalProblem`` on the full data set) and its transport map ``tmap_
 Agreement, per direction: the mean total-variation distance between our rows (forward; columns, backward) and
 moscot's, over the types present on both days, and the Pearson correlation of all entries of those rows/columns.
 
-Usage: ``nice -n 5 python benchmarks/bench_fates_moscot.py --seeds 0 1 2 --write``.
+Usage: ``nice -n 5 python benchmarks/bench_fates_moscot.py --seeds 0 1 2 `` (run from ``benchmarks/``; writes the result table).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--methods", nargs="+", default=["otcfm", "vgfm"])
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--n-pcs", type=int, default=30)
-    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
     args = ap.parse_args()
 
     import ot
@@ -101,7 +101,7 @@ def main():
     summ = df.groupby("source", sort=False)[["forward TV", "forward r", "backward TV", "backward r", "seconds"]].mean()
     print(summ.round(3).to_markdown())
     load1 = os.getloadavg()
-    if args.write:
+    if not args.no_write:
         from _common import table, write_result
 
         summ = summ.reset_index()
