@@ -100,16 +100,19 @@ def string_times(col: pd.Series, time_key: str) -> np.ndarray:
         labels = list(col.cat.categories)
     else:
         labels = list(pd.unique(col.dropna()))
-    nonstr = [lab for lab in labels if not isinstance(lab, str)]
+    # numbers mixed into an object column ("2", 4.0) are read like unprefixed labels
+    as_text = {lab: (lab if isinstance(lab, str) else repr(float(lab))) for lab in labels
+               if isinstance(lab, str) or (isinstance(lab, int | float | np.number) and not isinstance(lab, bool | np.bool_))}
+    nonstr = [lab for lab in labels if lab not in as_text]
     if nonstr:
         raise ValueError(
             f"adata.obs[{time_key!r}] has dtype {col.dtype} with values that are neither numbers nor time labels "
             f"({nonstr[:3]}). Convert it first, e.g. adata.obs[{time_key!r}] = pd.to_numeric(adata.obs[{time_key!r}])."
         )
     # plain numbers stored as text ("2", "4.5") are numbers with an empty prefix and unit
-    numbers = labels_to_numbers(labels, time_key)
+    numbers = labels_to_numbers([as_text[lab] for lab in labels], time_key)
     arr = col.astype(object).to_numpy()
     out = np.full(len(arr), np.nan)
-    for lab, v in numbers.items():
-        out[arr == lab] = v
+    for lab in labels:
+        out[arr == lab] = numbers[as_text[lab]]
     return out

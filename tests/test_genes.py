@@ -42,6 +42,14 @@ def test_time_labels_parsed_to_numbers(labels, expected):
     assert time_values(_obs_adata(cat), "day").tolist() == expected
 
 
+def test_object_column_mixing_numbers_and_labels():
+    assert time_values(_obs_adata(pd.Series([2.0, "4", 7], dtype=object)), "day").tolist() == [2, 4, 7]
+    with pytest.raises(ValueError, match="different prefixes"):
+        time_values(_obs_adata(pd.Series([2.0, "D4"], dtype=object)), "day")
+    with pytest.raises(ValueError, match="neither numbers nor time labels"):
+        time_values(_obs_adata(pd.Series([True, "D4"], dtype=object)), "day")
+
+
 def test_time_labels_are_ordered_by_number_and_logged(caplog):
     a = _obs_adata(pd.Categorical(["day10", "day2", "day2", "day10", "day4"]))  # lexical order: day10 < day2
     logger = logging.getLogger("sctraj")
@@ -78,6 +86,12 @@ def test_fit_on_string_days_matches_numeric_days(adata_time):
     b = adata_time.copy()
     sctraj.tl.fit_flow(b, "time", method="icfm", use_rep="X_pca", **TINY)
     np.testing.assert_allclose(a.obsm["sctraj_velocity_pca"], b.obsm["sctraj_velocity_pca"], rtol=1e-5, atol=1e-6)
+    # plots read the labels the same way: one panel per predicted time point, titled with its number
+    import matplotlib.pyplot as plt
+
+    axs = sctraj.pl.marginals(a, show=False)
+    assert [ax.get_title() for ax in axs] == ["time 1", "time 2.5"]
+    plt.close("all")
 
 
 # ---------------------------------------------------------------------------------------------------------------
