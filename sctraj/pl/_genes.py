@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from . import _utils as U
 
@@ -139,12 +140,13 @@ def gene_trends(
     if ax is not None and len(genes) != 1:
         raise ValueError(f"ax= draws one panel, but {len(genes)} genes were given; pass one gene.")
     if groupby is not None:
-        if groupby not in adata.obs:
+        if not isinstance(groupby, str) or groupby not in adata.obs:
             raise KeyError(f"groupby {groupby!r} is not a column of adata.obs.")
-        colors = U.category_colors(adata, groupby)
-        labels = adata.obs[groupby].astype(str).to_numpy()
-    else:
-        colors, labels = {"all cells": "#3b6fb6"}, np.full(adata.n_obs, "all cells", dtype=object)
+        if not isinstance(adata.obs[groupby].dtype, pd.CategoricalDtype):
+            raise TypeError(
+                f"adata.obs[{groupby!r}] must be categorical to colour paths by it; convert it with "
+                f"adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype('category')."
+            )
 
     use_rep = str(rec["params"]["use_rep"])
     n_dims = int(rec["params"]["n_dims"])
@@ -154,6 +156,12 @@ def gene_trends(
     has = np.isfinite(T).all((1, 2))
     if not has.any():
         raise ValueError(f"adata.obsm[{tkey!r}] holds no finite paths (all cells at the last time point?).")
+    # every check passed: only now may scanpy's default category colours be written (as scanpy does)
+    if groupby is not None:
+        colors = U.category_colors(adata, groupby)
+        labels = adata.obs[groupby].astype(str).to_numpy()
+    else:
+        colors, labels = {"all cells": "#3b6fb6"}, np.full(adata.n_obs, "all cells", dtype=object)
     rng = np.random.default_rng(random_state)
     cand = np.flatnonzero(has)
     pick = cand if len(cand) <= max_cells else np.sort(rng.choice(cand, max_cells, replace=False))
