@@ -43,11 +43,11 @@ def test_time_labels_parsed_to_numbers(labels, expected):
 
 
 def test_object_column_mixing_numbers_and_labels():
-    assert time_values(_obs_adata(pd.Series([2.0, "4", 7], dtype=object)), "day").tolist() == [2, 4, 7]
+    assert time_values(_obs_adata(np.array([2.0, "4", 7], dtype=object)), "day").tolist() == [2, 4, 7]
     with pytest.raises(ValueError, match="different prefixes"):
-        time_values(_obs_adata(pd.Series([2.0, "D4"], dtype=object)), "day")
+        time_values(_obs_adata(np.array([2.0, "D4"], dtype=object)), "day")
     with pytest.raises(ValueError, match="neither numbers nor time labels"):
-        time_values(_obs_adata(pd.Series([True, "D4"], dtype=object)), "day")
+        time_values(_obs_adata(np.array([True, "D4"], dtype=object)), "day")
 
 
 def test_time_labels_are_ordered_by_number_and_logged(caplog):

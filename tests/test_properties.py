@@ -262,11 +262,9 @@ PL = {
     "benchmark": lambda a, kw: sctraj.pl.benchmark(_loo(), **{k: v for k, v in kw.items()
                                                                if k not in ("basis", "key")}),
     "fate_probabilities": lambda a, kw: sctraj.pl.fate_probabilities(a, **kw),
-    "gene_trends": lambda a, kw: sctraj.pl.gene_trends(a, [a.var_names[0]], n_paths=10, **{
-        k: v for k, v in kw.items() if k != "basis"}),
     "cell_transition": lambda a, kw: sctraj.pl.cell_transition(_TABLE["table"], **{
         k: v for k, v in kw.items() if k not in ("basis", "key")}),
-    "gene_trends": lambda a, kw: sctraj.pl.gene_trends(a, a.var_names[0], groupby="group", n_paths=10, **{
+    "gene_trends": lambda a, kw: sctraj.pl.gene_trends(a, [a.var_names[0]], groupby="group", n_paths=10, **{
         k: v for k, v in kw.items() if k != "basis"}),
 }
 
