@@ -80,8 +80,8 @@ class _Settings:
         Directory of figures saved with ``save=True`` or a file-name suffix; ``None`` (default) follows
         ``scanpy.settings.figdir`` (``"./figures"`` without scanpy).
     trajectory_max_mb
-        Largest ``obsm[f"{key_added}_trajectory"]`` that ``fit_flow`` writes by default (MB, float32); above it
-        trajectories are written only when ``trajectory_n_grid`` is passed.
+        Largest ``obsm[f"{key_added}_trajectory"]`` that ``fit_flow`` writes by default (MB; float32, or float64 for
+        float64 embeddings); above it trajectories are written only when ``trajectory_n_grid`` is passed.
     """
 
     _verbosity: int | None = None

@@ -100,7 +100,8 @@ def fit_flow(
 
     `adata.obsm[f"{key_added}_velocity_{rep}"]` : :class:`numpy.ndarray`
         Velocity of each cell at its own time, in ``use_rep`` units per unit of time (``rep`` = ``use_rep`` without
-        ``X_``); NaN for cells outside the fitted time range.
+        ``X_``); NaN for cells outside the fitted time range. float32, or float64 when the embedding is float64
+        (velocities and trajectories keep its precision).
     `adata.obs[f"{key_added}_growth_rate"]`
         Growth rate (d log mass / dt) of each cell at its own time; 0 for mass-conserving methods.
     `adata.obsm[f"{key_added}_trajectory"]` : :class:`numpy.ndarray` (n_obs x n_grid x d)
@@ -110,7 +111,9 @@ def fit_flow(
     `adata.uns[key_added]` : :class:`dict`
         ``params`` (method, config, times, use_rep, seed, version, ...), ``history`` (loss per step), ``model`` (the
         fitted networks as arrays, rebuilt by :func:`~sctraj.tl.get_model`; kept through ``write_h5ad``) and
-        method-specific results (e.g. ``mass``).
+        method-specific results (e.g. ``mass``). ``params["written_by"] == "sctraj"`` and ``params["written_keys"]``
+        mark the keys this fit owns: a refit under the same ``key_added`` replaces them (and removes those the new fit
+        does not write); a ``key_added`` whose keys exist but were not written by sctraj is refused before training.
 
     Examples
     --------
@@ -146,7 +149,7 @@ def fit_flow(
         )
 
     tc = time_course(adata, time_key, use_rep, n_dims, exclude_times, min_cells=Method.min_cells)
-    trajectory_n_grid = trajectory_grid(trajectory_n_grid, adata.n_obs, tc.dim, key_added)
+    trajectory_n_grid = trajectory_grid(trajectory_n_grid, adata.n_obs, tc.dim, key_added, tc.X[0].dtype.itemsize)
     check_writable(adata, key_added, use_rep, trajectory_n_grid > 0)  # before training: never overwrite user keys
     n_steps = int(n_steps or Method.default_n_steps)
     batch_size = int(batch_size or Method.default_batch_size)

@@ -16,13 +16,15 @@ def check_trajectory_n_grid(n_grid) -> None:
         )
 
 
-def trajectory_grid(n_grid: int | None, n_obs: int, dim: int, key_added: str) -> int:
-    """Points per cell to write: ``n_grid`` when given; by default 10 unless the array would be too large."""
+def trajectory_grid(n_grid: int | None, n_obs: int, dim: int, key_added: str, itemsize: int = 4) -> int:
+    """Points per cell to write: ``n_grid`` when given; by default 10 unless the array would be too large.
+
+    ``itemsize``: bytes per value (8 when the embedding is float64: trajectories keep its precision)."""
     from .._settings import logger, settings
 
     if n_grid is not None:
         return int(n_grid)
-    mb = n_obs * DEFAULT_N_GRID * dim * 4 / 2**20
+    mb = n_obs * DEFAULT_N_GRID * dim * itemsize / 2**20
     if mb <= settings.trajectory_max_mb:
         return DEFAULT_N_GRID
     logger.warning(
