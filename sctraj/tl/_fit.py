@@ -69,7 +69,8 @@ def fit_flow(
         Seed of every random choice (network initialisation, couplings, times, noise). The same seed on CPU gives
         identical results.
     key_added
-        Prefix of every key written to ``adata``.
+        Prefix of every key written to ``adata``: a string ``write_h5ad`` can store (no ``/``, no leading or trailing
+        spaces), free or belonging to an earlier sctraj fit (see Returns).
     progress
         Show a progress bar (one per fit; only when ``sctraj.settings.verbosity`` >= 1, i.e. not at scanpy's
         verbosity 0).
