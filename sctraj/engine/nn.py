@@ -25,12 +25,16 @@ def mlp(d_in: int, d_out: int, width: int, depth: int, act: str) -> nn.Sequentia
 
 
 class VectorField(nn.Module):
-    """``v(x, t[, c])``: an MLP on the concatenation of the state, the time and an optional condition vector."""
+    """``v(x, t[, c])``: an MLP on the concatenation of the state, the time and an optional condition vector.
 
-    def __init__(self, dim: int, *, width: int = 64, depth: int = 3, act: str = "selu", cond_dim: int = 0) -> None:
+    ``n_out`` outputs (``dim`` by default); SB-CFM uses ``2 * dim``: the drift and the score from one trunk.
+    """
+
+    def __init__(self, dim: int, *, width: int = 64, depth: int = 3, act: str = "selu", cond_dim: int = 0,
+                 n_out: int | None = None) -> None:
         super().__init__()
         self.dim, self.cond_dim = dim, cond_dim
-        self.net = mlp(dim + 1 + cond_dim, dim, width, depth, act)
+        self.net = mlp(dim + 1 + cond_dim, dim if n_out is None else n_out, width, depth, act)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = t.reshape(-1, 1).to(x.dtype).expand(x.shape[0], 1)

@@ -1,7 +1,11 @@
-"""ODE integration with torchdiffeq, optionally augmented with the log-mass of each cell.
+"""ODE integration with torchdiffeq, optionally augmented with the log-mass of each cell, and SDE integration.
 
 With a growth rate ``g(x, t)`` the state is ``(x, log w)`` and ``d log w / dt = g(x, t)``: the mass of a cell grows as
 ``w(t) = w(0) exp(int g dt)``.
+
+:func:`integrate_sde` integrates ``dx = f(x, t) dt + g(t) dW`` by Euler-Maruyama (fixed steps, a seeded
+``torch.Generator``; no global random state is used). A dedicated SDE package (``torchsde``) would add adaptive and
+higher-order schemes, which sampling a learned drift with a few hundred fixed steps does not need.
 """
 
 from __future__ import annotations
@@ -59,3 +63,64 @@ def integrate(
 
     xs, lws = odeint(fg, (x0, lw0), t_eval, method=solver, options=options, **kw)
     return xs, lws
+
+
+def sde_grid(t_start: float, t_end: float, n_steps: int, extra=()) -> list[float]:
+    """``n_steps`` equal steps from ``t_start`` to ``t_end`` plus the points ``extra`` that lie between them."""
+    import numpy as np
+
+    grid = np.linspace(t_start, t_end, n_steps + 1)
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    pts = [float(v) for v in extra if lo < v < hi]
+    allp = np.unique(np.concatenate([grid, pts])) if pts else np.unique(grid)
+    tol = 1e-9 * max(1.0, hi - lo)
+    keep = [allp[0]]
+    for v in allp[1:]:
+        if v - keep[-1] > tol:
+            keep.append(v)
+    keep = np.asarray(keep)
+    return (keep if t_end >= t_start else keep[::-1]).tolist()
+
+
+def integrate_sde(
+    drift: Field,
+    diffusion: Callable[[float], float],
+    x0: torch.Tensor,
+    t_eval: torch.Tensor,
+    *,
+    n_steps: int = 100,
+    generator: torch.Generator | None = None,
+    knots=(),
+) -> torch.Tensor:
+    """Euler-Maruyama for ``dx = drift(x, t) dt + diffusion(t) dW`` from ``t_eval[0]`` through ``t_eval``.
+
+    ``t_eval`` is monotone (increasing, or decreasing for a backward SDE, whose ``drift`` the caller gives for the
+    direction of travel). ``n_steps`` equal steps span ``[t_eval[0], t_eval[-1]]``; the points of ``t_eval`` and
+    ``knots`` (times where ``diffusion`` changes) are added to the grid, so no step straddles them. A step from ``a``
+    to ``b`` uses ``drift(x, a)`` and ``diffusion`` at its midpoint. Returns ``(len(t_eval), n, d)``.
+    """
+    te = [float(v) for v in t_eval.detach().cpu().tolist()]
+    out = torch.empty((len(te), *x0.shape), dtype=x0.dtype, device=x0.device)
+    out[0] = x0
+    if len(te) == 1 or abs(te[-1] - te[0]) == 0:
+        out[:] = x0
+        return out
+    grid = sde_grid(te[0], te[-1], n_steps, [*te[1:-1], *knots])
+    tol = 1e-9 * max(1.0, abs(te[-1] - te[0]))
+    x = x0
+    k = 1
+    while k < len(te) and abs(te[k] - te[0]) <= tol:
+        out[k] = x
+        k += 1
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
+        h = b - a
+        ta = torch.tensor(a, dtype=x0.dtype, device=x0.device)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + drift(x, ta) * h + diffusion(0.5 * (a + b)) * abs(h) ** 0.5 * noise
+        while k < len(te) and abs(te[k] - b) <= tol:
+            out[k] = x
+            k += 1
+    while k < len(te):  # points equal to the last grid point within rounding
+        out[k] = x
+        k += 1
+    return out

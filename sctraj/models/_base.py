@@ -81,6 +81,11 @@ class MethodConfig:
                 raise ValueError(f"{prefix}{name} must be a {kind} integer, got {v!r}.")
 
     @classmethod
+    def from_saved(cls, params: dict[str, Any]) -> MethodConfig:
+        """The config of a saved model (``TrajectoryModel.load``); subclasses fill in settings older files lack."""
+        return cls.from_params(params)
+
+    @classmethod
     def from_params(cls, params: dict[str, Any]) -> MethodConfig:
         """Build the config from user parameters, checked and normalised to plain Python types first."""
         from .._validation import config_params
@@ -151,3 +156,23 @@ class BaseMethod(nn.Module, abc.ABC):
     def condition(self, x_source: torch.Tensor, condition: int | None = None) -> torch.Tensor | None:
         """Condition vector for one population given its source cells (Meta FM); ``None`` otherwise."""
         return None
+
+    # -- stochastic dynamics (methods that learn a score; SB-CFM) ----------------------------------------------
+    @property
+    def stochastic(self) -> bool:
+        """Whether the method learned the SDE ``dx = [v + g^2/2 grad log p] dt + g dW`` (see :meth:`sde_drift`)."""
+        return False
+
+    def sde_drift(self, x: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor | None = None,
+                  forward: bool = True) -> torch.Tensor:
+        """Drift of the learned SDE in internal units per unit of ``tau``: ``v + g^2/2 grad log p`` forward in time,
+        ``v - g^2/2 grad log p`` backward (the time-reversed SDE)."""
+        raise ValueError(f"method {self.name!r} learns a deterministic flow; it has no SDE.")
+
+    def diffusion(self, tau: float) -> float:
+        """Diffusion ``g(tau)`` of the learned SDE in internal units per ``sqrt(tau)``."""
+        raise ValueError(f"method {self.name!r} learns a deterministic flow; it has no diffusion.")
+
+    def diffusion_knots(self) -> list[float]:
+        """Times ``tau`` where :meth:`diffusion` may jump (the fitted snapshots)."""
+        return []

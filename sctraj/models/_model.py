@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.solvers import check_solver, integrate
+from ..engine.solvers import check_solver, integrate, integrate_sde
 from ._base import BaseMethod
 from ._registry import get_method
 
@@ -190,15 +190,23 @@ class TrajectoryModel:
         solver: str = "euler",
         cond: torch.Tensor | None = None,
         chunk_size: int = 65536,
+        stochastic: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Integrate cells ``X`` from ``t_from`` to ``t_to`` (a time or an increasing/decreasing grid of times).
 
         Returns ``(X_t, log_w)``: positions of shape ``(len(grid), n, d)`` (or ``(n, d)`` for a scalar ``t_to``) and
         the log of each cell's mass relative to its mass at ``t_from`` (zeros for mass-conserving methods).
-        ``n_steps`` fixed steps are taken over the whole span.
+        ``n_steps`` fixed steps are taken over the whole span. ``stochastic=True`` samples the learned SDE by
+        Euler-Maruyama instead of the ODE (methods that learned a score, ``sbcfm``); its noise is drawn from
+        ``generator`` (a seeded :class:`torch.Generator` on the model's device; a fresh unseeded one if ``None``).
         """
         X = self._check_X(X)
         check_solver(solver)
+        if not isinstance(stochastic, bool | np.bool_):
+            raise TypeError(f"stochastic must be True or False, got {stochastic!r}.")
+        if stochastic:
+            self.check_stochastic(solver)
         if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
             raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}.")
         t_from = self.check_time(t_from, "source time")
@@ -222,14 +230,40 @@ class TrajectoryModel:
         def gro(x, t):
             return self.method.growth(x, t.reshape(1).expand(x.shape[0]), cond)
 
+        forward = bool(taus[-1] >= taus[0])
+
+        def drift(x, t):
+            return self.method.sde_drift(x, t.reshape(1).expand(x.shape[0]), cond, forward=forward)
+
+        if stochastic and generator is None:
+            generator = torch.Generator(device=dev)
+            generator.seed()
         for s in range(0, len(X), chunk_size):
             z = self.to_internal(X[s : s + chunk_size])
+            if stochastic:
+                zs = integrate_sde(drift, self.method.diffusion, z, t_eval, n_steps=n_steps, generator=generator,
+                                   knots=self.method.diffusion_knots())
+                xs_out[:, s : s + chunk_size] = self.from_internal(zs[1:])
+                continue
             zs, lws = integrate(vel, z, t_eval, n_steps=n_steps, solver=solver,
                                 growth=gro if self.has_growth else None)
             xs_out[:, s : s + chunk_size] = self.from_internal(zs[1:])
             if lws is not None:
                 lw_out[:, s : s + chunk_size] = lws[1:].cpu().numpy()
         return (xs_out[0], lw_out[0]) if scalar else (xs_out, lw_out)
+
+    def check_stochastic(self, solver: str = "euler") -> None:
+        """Raise a clear error unless this model can sample stochastic trajectories (an SDE)."""
+        if not self.method.stochastic:
+            why = ("it was fitted with score=False" if self.method_name == "sbcfm"
+                   else f"method {self.method_name!r} learns a deterministic flow (an ODE), not an SDE")
+            raise ValueError(
+                f"stochastic=True needs a model that learned the score of a Schrodinger bridge, but {why}. Use "
+                "stochastic=False, or fit with method='sbcfm' for stochastic trajectories."
+            )
+        if solver != "euler":
+            raise ValueError(f"stochastic=True integrates the SDE by Euler-Maruyama; pass solver='euler', got "
+                             f"{solver!r}.")
 
     # -- persistence ------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -357,7 +391,7 @@ def check_state(state, where: str):
             raise bad(f"{key!r} is a {type(state[key]).__name__}, not a {kind.__name__}")
     try:
         Method = get_method(state["method"])
-        config = Method.Config.from_params(state["config"])
+        config = Method.Config.from_saved(state["config"])
     except (TypeError, ValueError) as e:
         raise bad(f"its method or config is not valid ({e})") from None
     dim = state["dim"]

@@ -12,6 +12,20 @@ from ._store import resolve_model
 from ._utils import population_groups
 
 
+def _sde_generator(model, stochastic, solver, random_state):
+    """The seeded torch generator of ``stochastic=True`` (``None`` otherwise), after checking the model can."""
+    if not isinstance(stochastic, bool | np.bool_):
+        raise TypeError(f"stochastic must be True or False, got {stochastic!r}.")
+    if not stochastic:
+        return None
+    import torch
+
+    model.check_stochastic(solver)
+    gen = torch.Generator(device=model.device)
+    gen.manual_seed(check_random_state(random_state))
+    return gen
+
+
 @fill_result_doc
 def predict(
     adata,
@@ -22,6 +36,8 @@ def predict(
     n_steps: int = 100,
     solver: str = "euler",
     key_added: str = "sctraj",
+    stochastic: bool = False,
+    random_state: int = 0,
 ):
     """Push the cells observed at ``source_time`` to ``target_time`` (forward or backward in time).
 
@@ -42,6 +58,14 @@ def predict(
     key_added
         Where the model is stored when ``model=None``; the result's ``sctraj_source``-style column and model record
         use the same prefix.
+    stochastic
+        ``False``: integrate the learned ODE (every method; deterministic). ``True``: sample the learned stochastic
+        dynamics ``dx = [v + g^2/2 grad log p] dt + g dW`` of a ``"sbcfm"`` model by Euler-Maruyama with
+        ``n_steps`` steps, so that each source cell gets one random fate (repeat the cells, or call again with
+        another seed, for a distribution of fates). Other methods learn no score: ``True`` is an error for them.
+    random_state
+        Seed of the SDE's noise (``stochastic=True`` only): the same seed gives the same result; global random
+        states are not touched.
 
     Returns
     -------
@@ -59,6 +83,7 @@ def predict(
     """
     check_adata(adata)
     model = resolve_model(adata, model, key_added)
+    gen = _sde_generator(model, stochastic, solver, random_state)
     t = time_values(adata, model.time_key)
     src = model.check_time(source_time, "source_time")
     tgt = model.check_time(target_time, "target_time")
@@ -74,7 +99,8 @@ def predict(
     order = np.flatnonzero(mask)
     where = {p: k for k, p in enumerate(order)}
     for pos, cond in population_groups(adata, model, mask):
-        xs, lw = model.push(X[pos], src, tgt, n_steps=n_steps, solver=solver, cond=cond)
+        xs, lw = model.push(X[pos], src, tgt, n_steps=n_steps, solver=solver, cond=cond, stochastic=stochastic,
+                            generator=gen)
         k = np.array([where[p] for p in pos])
         out[k], logw[k] = xs, lw
     return predicted_anndata(adata, model, order, out, np.exp(logw.astype(np.float64)), src, tgt, key_added)
@@ -91,6 +117,7 @@ def interpolate(
     solver: str = "euler",
     random_state: int = 0,
     key_added: str = "sctraj",
+    stochastic: bool = False,
 ):
     """Generate cells at any times in the fitted range, observed or not.
 
@@ -109,10 +136,10 @@ def interpolate(
     n_cells
         Cells generated per time (drawn with replacement when larger than the source population); all source cells
         when ``None``.
-    n_steps, solver
-        As in :func:`predict`.
+    n_steps, solver, stochastic
+        As in :func:`predict`: ``stochastic=True`` samples a ``"sbcfm"`` model's SDE instead of its ODE.
     random_state
-        Seed of the cell draw.
+        Seed of the cell draw and of the SDE's noise.
     key_added
         As in :func:`predict`.
 
@@ -143,6 +170,7 @@ def interpolate(
         raise ValueError("times is empty: pass one time or a list of times.")
     n_cells = check_int("n_cells", n_cells, allow_none=True)
     t_obs = time_values(adata, model.time_key)
+    _sde_generator(model, stochastic, solver, 0)  # fail before any work
     rng = np.random.default_rng(check_random_state(random_state))
     tol = model.time_tolerance
     parts = []
@@ -157,7 +185,8 @@ def interpolate(
         pick = pool if n_cells is None else rng.choice(pool, size=n_cells, replace=n_cells > len(pool))
         sub = adata[np.sort(pick)] if n_cells is None else adata[pick]
         res = predict(sub, model, source_time=src, target_time=tq, n_steps=n_steps, solver=solver,
-                      key_added=key_added)
+                      key_added=key_added, stochastic=stochastic,
+                      random_state=int(rng.integers(2**31)) if stochastic else 0)
         res.obs_names = [f"t{tq:g}_{i}" for i in range(res.n_obs)]
         parts.append(res)
     if len(parts) == 1:
