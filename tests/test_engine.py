@@ -34,6 +34,24 @@ def test_entropic_plan_marginals_and_limit():
     np.testing.assert_allclose(flat, 1 / 1200, rtol=1e-2)
 
 
+def test_entropic_plan_is_the_log_domain_plan_at_any_offset():
+    import ot
+
+    rng = np.random.default_rng(2)
+    x0, x1 = rng.normal(size=(60, 3)), rng.normal(size=(50, 3)) * 0.7 + 0.5
+    a, b = np.full(60, 1 / 60), np.full(50, 1 / 50)
+    for reg in (0.02, 0.5):
+        ref = ot.sinkhorn(a, b, couplings.sq_cost(x0, x1), reg, method="sinkhorn_log", numItermax=100_000,
+                          stopThr=1e-12)
+        # the plan does not change when the target is translated (the cost changes by row and column constants),
+        # even 100 units away, where exp(-cost / reg) underflows to 0 everywhere in double precision
+        for shift in (0.0, 100.0):
+            plan = couplings.entropic_plan(x0, x1 + shift, reg=reg)
+            assert np.abs(plan - ref).sum() < 2e-3
+            np.testing.assert_allclose(plan.sum(1), a, rtol=1e-4)
+            np.testing.assert_allclose(plan.sum(0), b, rtol=1e-4)
+
+
 def test_pair_sampler_follows_plan():
     x = np.arange(6, dtype=float)[:, None]
     s = couplings.PairSampler(x, x[::-1].copy(), couplings.exact_plan, batch_size=64,

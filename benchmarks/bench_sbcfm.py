@@ -1,0 +1,216 @@
+"""SB-CFM ([SF]2M): its cost next to OT-CFM, and the choice of the default ``sigma``.
+
+Two parts (``--part``), each appending raw rows to ``benchmarks/results/sbcfm_raw_<part>_<label>.json`` and
+rendering a table from all of them:
+
+* ``speed`` -> ``speed_sbcfm.md``: CPU seconds of one default fit of ``otcfm`` and ``sbcfm`` (process CPU time, all
+  threads, so the background OT thread counts) and leave-one-out W1, one after another in one process, on
+  hematopoiesis (2-d, held-out day 4), EB 5-d (first 5 PCs standardised, held-out day 13.5) and EB 50-d (first 50
+  PCs as they are, held-out day 13.5). Run it once on the old code (``--label before``, e.g. with
+  ``PYTHONPATH`` at an older checkout) and once on the new (``--label after``).
+* ``sigma`` -> ``sbcfm_sigma.md``: leave-one-out W1 of ``sbcfm`` at several ``sigma`` (ODE and SDE predictions of the
+  same fit) and of ``otcfm``, on EB 5-d (held-out 7.5, 13.5, 19.5), hematopoiesis (4) and iPSC (2, 4, 6), seeds 0-2.
+  The default is the sigma with the lowest mean of W1 / W1(otcfm, same data, time and seed).
+
+Usage::
+
+    python benchmarks/bench_sbcfm.py --part speed --label after --seeds 0 1 2
+    python benchmarks/bench_sbcfm.py --part sigma --sigmas 0.1 0.25 0.5 1.0 --seeds 0 1 2
+    python benchmarks/bench_sbcfm.py --render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, today  # noqa: E402
+
+RAW_GLOB = "sbcfm_raw_*.json"
+RAW = RESULTS / "sbcfm_raw_unnamed.json"  # set per run in main(): one file per part and label
+
+
+def datasets(names):
+    import sctraj
+
+    out = {}
+    if "hema" in names:
+        out["hema"] = ("hematopoiesis (2-d)", sctraj.datasets.hematopoiesis(), "day", "X_emb", None)
+    if "eb5" in names or "eb50" in names:
+        e = sctraj.datasets.eb()
+        sctraj.pp.scale_embedding(e, use_rep="X_pca", n_dims=5)
+        if "eb5" in names:
+            out["eb5"] = ("EB 5-d (standardised PCs)", e, "day", "X_pca_scaled", None)
+        if "eb50" in names:
+            out["eb50"] = ("EB 50-d (PCs as they are)", e, "day", "X_pca", 50)
+    if "ipsc" in names:
+        out["ipsc"] = ("iPSC (4-d)", sctraj.datasets.ipsc(), "time", "X_emb", None)
+    return out
+
+
+def fit_eval(a, key, rep, n_dims, heldout, method, seed, stochastic=False, **params):
+    import sctraj
+    from sctraj.tl import evaluate
+
+    t = a.obs[key].to_numpy(float)
+    times = np.unique(t)
+    prev = times[times < heldout].max()
+    X_true = sctraj._validation.get_rep(a, rep, n_dims)[np.isclose(t, heldout)]
+    work = a.copy()
+    c0 = time.process_time()
+    model = sctraj.tl.fit_flow(work, key, method=method, use_rep=rep, n_dims=n_dims, exclude_times=[heldout],
+                               random_state=seed, progress=False, trajectory_n_grid=0, key_added="_b", **params)
+    cpu = time.process_time() - c0
+    pred = sctraj.tl.predict(work, model, source_time=prev, target_time=heldout)
+    res = {"W1": evaluate(pred.obsm[rep], X_true, random_state=seed)["W1"], "cpu_s": cpu,
+           "fit_s": float(model.setup["fit_seconds"])}
+    if stochastic:
+        pred = sctraj.tl.predict(work, model, source_time=prev, target_time=heldout, stochastic=True,
+                                 random_state=seed)
+        res["W1_sde"] = evaluate(pred.obsm[rep], X_true, random_state=seed)["W1"]
+    return res
+
+
+def commit() -> str:
+    import sctraj
+
+    here = Path(sctraj.__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def save(row):
+    rows = json.loads(RAW.read_text()) if RAW.exists() else []  # one process per file: no concurrent writers
+    rows.append(row)
+    RAW.write_text(json.dumps(rows, indent=1, default=float))
+
+
+def has_sde() -> bool:
+    import inspect
+
+    import sctraj
+
+    return "stochastic" in inspect.signature(sctraj.tl.predict).parameters
+
+
+def speed(args):
+    head = {"part": "speed", "label": args.label, "commit": commit(), "date": today(), "machine": machine(),
+            "argv": " ".join(sys.argv[1:])}
+    held = {"hema": 4.0, "eb5": 13.5, "eb50": 13.5}
+    for tag, (name, a, key, rep, nd) in datasets(args.datasets).items():
+        for seed in args.seeds:
+            for m in ("otcfm", "sbcfm"):
+                r = fit_eval(a, key, rep, nd, held[tag], m, seed, stochastic=(m == "sbcfm" and has_sde()))
+                save({**head, "dataset": name, "heldout": held[tag], "method": m, "seed": seed, **r,
+                      "load": os.getloadavg()[0]})
+                print(f"{args.label} {name} seed={seed} {m}: {r} load={os.getloadavg()[0]:.1f}", flush=True)
+    render()
+
+
+def sigma(args):
+    head = {"part": "sigma", "label": args.label, "commit": commit(), "date": today(), "machine": machine(),
+            "argv": " ".join(sys.argv[1:])}
+    held = {"eb5": [7.5, 13.5, 19.5], "hema": [4.0], "ipsc": [2.0, 4.0, 6.0]}
+    for tag, (name, a, key, rep, nd) in datasets(args.datasets).items():
+        for h in held[tag]:
+            for seed in args.seeds:
+                runs = [("otcfm", None)] + [("sbcfm", s) for s in args.sigmas]
+                for m, sg in runs:
+                    kw = {} if sg is None else {"sigma": sg}
+                    r = fit_eval(a, key, rep, nd, h, m, seed, stochastic=m == "sbcfm", **kw)
+                    save({**head, "dataset": name, "heldout": h, "method": m, "sigma": sg, "seed": seed, **r,
+                          "load": os.getloadavg()[0]})
+                    print(f"{name} h={h} seed={seed} {m} sigma={sg}: {r}", flush=True)
+    render()
+
+
+def render():
+    import pandas as pd
+
+    rows = pd.DataFrame([r for f in sorted(RESULTS.glob(RAW_GLOB)) for r in json.loads(f.read_text())])
+    sp = rows[rows["part"] == "speed"]
+    if len(sp):
+        lines = ["# SB-CFM cost next to OT-CFM (issue 15, item 2)", ""]
+        for label, g in sp.groupby("label", sort=False):
+            lines += [f"## `{label}` (sctraj commit `{g['commit'].iloc[-1]}`, {g['date'].iloc[-1]})", "",
+                      f"- command: `python benchmarks/bench_sbcfm.py {g['argv'].iloc[-1]}`",
+                      f"- machine: {g['machine'].iloc[-1]}",
+                      f"- load average (1 min) during the fits: {g['load'].min():.1f}-{g['load'].max():.1f}", ""]
+            tab = ["| dataset | seeds | otcfm CPU s | sbcfm CPU s | ratio | otcfm W1 | sbcfm W1 (ODE) | sbcfm W1 (SDE) |",
+                   "|---|---|---|---|---|---|---|---|"]
+            for ds, d in g.groupby("dataset", sort=False):
+                o, s = d[d["method"] == "otcfm"], d[d["method"] == "sbcfm"]
+                # ratio of the per-seed CPU times, then the mean: both fits of a seed ran back to back
+                per = s.set_index("seed")["cpu_s"] / o.set_index("seed")["cpu_s"]
+                sde = f"{s['W1_sde'].mean():.4f}" if "W1_sde" in s and s["W1_sde"].notna().any() else "–"
+                tab.append(f"| {ds} | {len(s)} | {o['cpu_s'].mean():.1f} | {s['cpu_s'].mean():.1f} | "
+                           f"{per.mean():.2f}× | {o['W1'].mean():.4f} ± {o['W1'].std():.4f} | "
+                           f"{s['W1'].mean():.4f} ± {s['W1'].std():.4f} | {sde} |")
+            lines += tab + [""]
+        (RESULTS / "speed_sbcfm.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+    sg = rows[rows["part"] == "sigma"]
+    if len(sg):
+        ot = sg[sg["method"] == "otcfm"].set_index(["dataset", "heldout", "seed"])["W1"]
+        sb = sg[sg["method"] == "sbcfm"].copy()
+        idx = pd.MultiIndex.from_frame(sb[["dataset", "heldout", "seed"]])
+        sb["r_ode"] = sb["W1"].to_numpy() / ot.reindex(idx).to_numpy()
+        sb["r_sde"] = sb["W1_sde"].to_numpy() / ot.reindex(idx).to_numpy()
+        lines = ["# SB-CFM: choosing the default sigma", "",
+                 f"- command: `python benchmarks/bench_sbcfm.py {sg['argv'].iloc[-1]}`",
+                 f"- sctraj commit `{sg['commit'].iloc[-1]}`, {sg['date'].iloc[-1]}; machine: {sg['machine'].iloc[-1]}",
+                 f"- load average (1 min) during the fits: {sg['load'].min():.1f}-{sg['load'].max():.1f}", "",
+                 "Leave-one-out W1 divided by otcfm's W1 on the same data, held-out time and seed (lower is better); "
+                 "`ODE` pushes the held-out time's predecessor with the learned probability-flow ODE, `SDE` samples "
+                 "the learned SDE (`stochastic=True`) from the same fit. Mean over held-out times and seeds.", ""]
+        per_ds = sb.groupby(["sigma", "dataset"])[["r_ode", "r_sde"]].mean().unstack("dataset")
+        allm = sb.groupby("sigma")[["r_ode", "r_sde"]].mean()
+        cols = list(dict.fromkeys(sb["dataset"]))
+        lines.append("| sigma | " + " | ".join(f"{c} ODE / SDE" for c in cols) + " | mean ODE | mean SDE | CPU s (mean) |")
+        lines.append("|---" * (len(cols) + 4) + "|")
+        cpu = sb.groupby("sigma")["cpu_s"].mean()
+        for s in sorted(sb["sigma"].unique()):
+            cells = [f"{per_ds.loc[s, ('r_ode', c)]:.3f} / {per_ds.loc[s, ('r_sde', c)]:.3f}" for c in cols]
+            lines.append(f"| {s:g} | " + " | ".join(cells) +
+                         f" | {allm.loc[s, 'r_ode']:.3f} | {allm.loc[s, 'r_sde']:.3f} | {cpu.loc[s]:.1f} |")
+        otw = sg[sg["method"] == "otcfm"].groupby("dataset")["W1"].mean()
+        lines += ["", "otcfm mean W1 (the denominators): " + ", ".join(f"{k} {v:.4f}" for k, v in otw.items()),
+                  f"; otcfm CPU s (mean) {sg[sg['method'] == 'otcfm']['cpu_s'].mean():.1f}.", ""]
+        (RESULTS / "sbcfm_sigma.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=["speed", "sigma"])
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--sigmas", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0])
+    ap.add_argument("--render", action="store_true")
+    args = ap.parse_args()
+    global RAW
+    RAW = RESULTS / f"sbcfm_raw_{args.part}_{args.label}.json"
+    if args.render or args.part is None:
+        render()
+    elif args.part == "speed":
+        args.datasets = args.datasets or ["hema", "eb5", "eb50"]
+        speed(args)
+    else:
+        args.datasets = args.datasets or ["eb5", "hema", "ipsc"]
+        sigma(args)
+
+
+if __name__ == "__main__":
+    main()
