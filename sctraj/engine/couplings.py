@@ -110,17 +110,19 @@ def entropic_plan(
     M = sq_cost(x0, x1)
     M -= M.min(1, keepdims=True)
     M -= M.min(0, keepdims=True)
+    # convergence and numerical failure are judged by the marginals, and each attempt has a fallback: POT's warnings
+    # about them are moot here
     for dt in (np.float32, np.float64):
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # non-convergence is judged below, by the marginals
+            warnings.simplefilter("ignore")
             plan = np.asarray(ot.sinkhorn(a.astype(dt), b.astype(dt), M.astype(dt), reg, method="sinkhorn",
-                                          numItermax=n_iter, stopThr=1e-6), np.float64)
+                                          numItermax=n_iter, stopThr=1e-6, warn=False), np.float64)
         if _marginals_ok(plan, a, b, rtol):
             return plan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT's epsilon scaling warns from an inner solver whatever warn says
         plan = np.asarray(ot.sinkhorn(a, b, M, reg, method="sinkhorn_epsilon_scaling", numItermax=n_iter,
-                                      stopThr=1e-6))
+                                      stopThr=1e-6, warn=False))
     if not np.isfinite(plan).all() or plan.sum() <= 0:
         plan = np.asarray(ot.sinkhorn(a, b, M, reg, method="sinkhorn_log", numItermax=n_iter, stopThr=1e-6))
     return plan
