@@ -69,12 +69,12 @@ def fit_eval(a, key, rep, n_dims, heldout, method, seed, stochastic=False, **par
                                random_state=seed, progress=False, trajectory_n_grid=0, key_added="_b", **params)
     cpu = time.process_time() - c0
     pred = sctraj.tl.predict(work, model, source_time=prev, target_time=heldout)
-    res = {"W1": evaluate(pred.obsm[rep], X_true, random_state=seed)["W1"], "cpu_s": cpu,
+    res = {"W1": evaluate(pred.obsm[rep][:, : X_true.shape[1]], X_true, random_state=seed)["W1"], "cpu_s": cpu,
            "fit_s": float(model.setup["fit_seconds"])}
     if stochastic:
         pred = sctraj.tl.predict(work, model, source_time=prev, target_time=heldout, stochastic=True,
                                  random_state=seed)
-        res["W1_sde"] = evaluate(pred.obsm[rep], X_true, random_state=seed)["W1"]
+        res["W1_sde"] = evaluate(pred.obsm[rep][:, : X_true.shape[1]], X_true, random_state=seed)["W1"]
     return res
 
 
@@ -134,7 +134,7 @@ def sigma(args):
             "argv": " ".join(sys.argv[1:])}
     held = {"eb5": [7.5, 13.5, 19.5], "hema": [4.0], "ipsc": [2.0, 4.0, 6.0]}
     for tag, (name, a, key, rep, nd) in datasets(args.datasets).items():
-        for h in held[tag]:
+        for h in (args.heldout or held[tag]):
             for seed in args.seeds:
                 runs = [("otcfm", None)] + [("sbcfm", s) for s in args.sigmas]
                 for m, sg in runs:
@@ -211,10 +211,11 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--sigmas", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0])
+    ap.add_argument("--heldout", nargs="+", type=float, default=None, help="sigma part: held-out times (all datasets)")
     ap.add_argument("--render", action="store_true")
     args = ap.parse_args()
     global RAW
-    RAW = RESULTS / f"sbcfm_raw_{args.part}_{args.label}.json"
+    RAW = RESULTS / f"sbcfm_raw_{args.part}_{args.label}_{'_'.join(args.datasets or [])}.json"
     if args.render or args.part is None:
         render()
     elif args.part == "speed":
