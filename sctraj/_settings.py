@@ -8,8 +8,10 @@ By default sctraj follows scanpy: messages are shown according to ``scanpy.setti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +36,26 @@ def _as_level(value, what: str = "verbosity") -> int:
     raise ValueError(f"{what} must be an integer 0-4 or one of {list(_NAMES)}, got {value!r}.")
 
 
+_MUTED: ContextVar[bool] = ContextVar("sctraj_muted", default=False)
+
+
+@contextlib.contextmanager
+def muted_info():
+    """Drop info/debug messages inside the block (fits run internally, e.g. by ``leave_one_out``, whose keys are
+    private); warnings still show."""
+    token = _MUTED.set(True)
+    try:
+        yield
+    finally:
+        _MUTED.reset(token)
+
+
 class _VerbosityFilter(logging.Filter):
     """Let a record through when the current verbosity (sctraj's or scanpy's) allows its level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _MUTED.get() and record.levelno < logging.WARNING:
+            return False
         return record.levelno >= _LEVELS[settings.verbosity]
 
 

@@ -176,3 +176,32 @@ def _check_verbosity(adata_time, capfd, sc):
     assert capfd.readouterr() == ("", "")
     with pytest.raises(ValueError, match="verbosity must be an integer 0-4"):
         sctraj.settings.verbosity = "loud"
+
+
+def test_one_progress_display_per_fit_clean_in_logs(adata_time, capfd, monkeypatch):
+    """metricfm trains in two phases: one display, and in a log file (stderr not a terminal) only plain lines."""
+    monkeypatch.setattr(sctraj.settings, "_verbosity", 1)
+    kw = {**method_kwargs("metricfm"), "progress": True}
+    sctraj.tl.fit_flow(adata_time, "time", method="metricfm", **kw)
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and "\x1b" not in err
+    assert 1 <= len(lines) <= 6 and all(ln.startswith("metricfm") and "steps" in ln for ln in lines)
+    assert lines[-1].startswith("metricfm: ") and "(100%)" in lines[-1]
+
+    from sctraj.engine.progress import FitProgress, fit_progress, phase
+
+    with fit_progress(True) as prog:  # phases inside a fit extend the same display
+        prog.kind = "lines"
+        with phase(10, "a", True) as p1, phase(30, "b", True) as p2:
+            assert p1 is prog and p2 is prog and prog.total == 40
+    assert isinstance(prog, FitProgress)
+    capfd.readouterr()
+
+
+def test_leave_one_out_logs_no_internal_keys(adata_time, capfd, monkeypatch):
+    monkeypatch.setattr(sctraj.settings, "_verbosity", 2)
+    sctraj.tl.leave_one_out(adata_time, "time", methods=["otcfm"], seeds=[0], n_steps=20, batch_size=32,
+                            progress=False, width=16, depth=2)
+    err = capfd.readouterr().err
+    assert "leave_one_out: otcfm heldout=1" in err and "_sctraj_loo" not in err

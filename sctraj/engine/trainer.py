@@ -1,4 +1,4 @@
-"""One training loop for every method: AdamW, a tqdm progress bar, NaN detection, loss history.
+"""One training loop for every method: AdamW, one progress display per fit, NaN detection, loss history.
 
 The loop is built for small networks trained for many cheap steps, where Python and synchronisation overhead, not
 arithmetic, set the speed:
@@ -137,7 +137,7 @@ def train(
     called after every optimiser step; training ends early when it returns ``True`` (e.g. early stopping on a
     held-out loss).
     """
-    from tqdm.auto import tqdm
+    from .progress import phase
 
     from . import distributed
 
@@ -186,9 +186,8 @@ def train(
         last["loss"] = cols["loss"][-1]
         pending.clear()
 
-    with cpu_threads(num_threads):
-        bar = tqdm(range(n_steps), desc=desc, disable=not progress, leave=False, mininterval=0.5)
-        for step in bar:
+    with cpu_threads(num_threads), phase(n_steps, desc, progress) as bar:
+        for step in range(n_steps):
             if sync is None:
                 out = loss_fn(step)
                 opt.zero_grad(set_to_none=True)
@@ -211,8 +210,8 @@ def train(
             halt = stop is not None and bool(stop(step))
             if len(pending) >= sync_every or step == n_steps - 1 or halt:
                 flush(step)
-                if progress:
-                    bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
+                bar.set_loss(last["loss"])
+            bar.update(1)
             if halt:
                 break
     return history

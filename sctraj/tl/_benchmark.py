@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .._settings import logger
+from .._settings import logger, muted_info
 from .._validation import (
     _match_times,
     check_adata,
@@ -226,7 +226,8 @@ def _fit_and_score(X: np.ndarray, obs: pd.DataFrame, method: str, h: float, prev
     X_true = X[time_mask(t, h, time_tolerance(np.unique(t)))]
     threads = spec["threads_per_task"]
     # thread-safe: tasks running in threads of one process share one torch setting (engine.trainer.cpu_threads)
-    with cpu_threads(threads), _blas_threads(threads):
+    # muted: the fit's "wrote ..." lines would name this working copy's private key
+    with cpu_threads(threads), _blas_threads(threads), muted_info():
         model = fit_flow(work, spec["time_key"], method=method, use_rep=use_rep, n_dims=spec["n_dims"],
                          exclude_times=[h, *spec["user_excl"]], random_state=seed, key_added="_sctraj_loo",
                          **spec["fit_kwargs"])

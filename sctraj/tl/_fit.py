@@ -128,6 +128,7 @@ def fit_flow(
     """
     from .. import __version__
     from ..engine import distributed as dist_engine
+    from ..engine.progress import fit_progress
     from ..models import FitData, TrajectoryModel, get_method, resolve_device
 
     check_adata(adata)
@@ -204,9 +205,8 @@ def fit_flow(
     logger.info(f"fitting {method!r} on {n_cells} cells x {tc.dim} dims, times {setup['times']} ({dev})")
     t_start = _time.perf_counter()
     module.train()
-    with dist_engine.activate(ctx):
-        history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev,
-                             progress=settings.show_progress(progress))
+    with dist_engine.activate(ctx), fit_progress(settings.show_progress(progress)):  # one display for all phases
+        history = module.fit(data, n_steps=n_steps, batch_size=batch_size, rng=rng, device=dev, progress=True)
     fit_seconds = _time.perf_counter() - t_start
     module.eval()
     setup["fit_seconds"] = fit_seconds
