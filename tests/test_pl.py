@@ -355,3 +355,113 @@ def test_every_plot_on_real_fits(adata_time, method, tmp_path):
         sctraj.pl.growth(a, show=False)
     pred = sctraj.tl.predict(a, model, source_time=0.0, target_time=1.0)
     sctraj.pl.marginals(a, predicted=pred, show=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scanpy's conventions: save=True / suffix in figdir, autoshow, discrete times, legends, phases, grids
+# ---------------------------------------------------------------------------------------------------------------
+def test_save_follows_scanpy(fitted, tmp_path, monkeypatch):
+    import scanpy as sc
+
+    monkeypatch.setattr(sctraj.settings, "_figdir", None)
+    old = (sc.settings.figdir, sc.settings.file_format_figs, sc.settings.plot_suffix)
+    try:
+        sc.settings.figdir = tmp_path / "figs"
+        sc.settings.file_format_figs = "png"
+        sc.settings.plot_suffix = ""
+        sctraj.pl.mass(fitted, save=True, show=False)
+        sctraj.pl.mass(fitted, save="_run2.svg", show=False)
+        sctraj.pl.training(fitted, save="_noext", show=False)
+        sctraj.pl.training(fitted, save=str(tmp_path / "explicit" / "t.pdf"), show=False)
+    finally:
+        sc.settings.figdir, sc.settings.file_format_figs, sc.settings.plot_suffix = old
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["mass.png", "mass_run2.svg", "training_noext.png"]
+    assert (tmp_path / "explicit" / "t.pdf").is_file()
+    sctraj.settings.figdir = tmp_path / "own"  # sctraj's own setting wins
+    try:
+        sctraj.pl.mass(fitted, save="_x.png", show=False)
+    finally:
+        sctraj.settings.figdir = None
+    assert (tmp_path / "own" / "mass_x.png").is_file()
+    with pytest.raises(TypeError, match="save must be True"):
+        sctraj.pl.mass(fitted, save=3, show=False)
+
+
+def test_show_none_follows_scanpy_autoshow(fitted, monkeypatch):
+    import scanpy as sc
+
+    monkeypatch.setattr(sctraj.settings, "_autoshow", None)
+    old = sc.settings.autoshow
+    try:
+        sc.settings.autoshow = False
+        assert sctraj.pl.mass(fitted) is not None  # not shown: the axes come back
+        sc.settings.autoshow = True
+        assert sctraj.pl.mass(fitted) is None  # shown (agg backend: a no-op)
+    finally:
+        sc.settings.autoshow = old
+
+
+def test_discrete_time_is_categorical_with_legend(fitted):
+    sctraj.tl.velocity_embedding(fitted, basis="umap")
+    ax = sctraj.pl.velocity_stream(fitted, basis="umap", color="time", n_grid=15, show=False)
+    leg = ax.get_legend()
+    assert leg is not None and [t.get_text() for t in leg.get_texts()] == ["0", "1", "2.5"]
+    assert len(ax.figure.axes) == 1  # no colour bar
+    assert "time_colors" not in fitted.uns and fitted.obs["time"].dtype == float  # adata untouched
+
+
+def test_trajectories_keep_the_categorical_legend(fitted):
+    ax = sctraj.pl.trajectories(fitted, basis="pca", color="cell_type", n_paths=30, show=False)
+    texts = {t.get_text() for leg in ax.findobj(matplotlib.legend.Legend) for t in leg.get_texts()}
+    assert {"erythroid", "myeloid", "path start: observed cell"} <= texts
+
+
+def test_mass_axis_starts_at_zero(fitted):
+    fitted.uns["sctraj"]["mass"]["predicted"] = 1 + 0.002 * np.sin(fitted.uns["sctraj"]["mass"]["time"])
+    fitted.uns["sctraj"]["mass"]["observed"] = np.array([1.0, 1.001, 0.999])
+    lo, hi = sctraj.pl.mass(fitted, show=False).get_ylim()
+    assert lo == 0 and hi >= 1.0
+    assert sctraj.pl.mass(fitted, log=True, show=False).get_yscale() == "log"
+
+
+def _with_phase2(a):
+    h = a.uns["sctraj"]["history"]
+    w1 = np.full(200, np.nan, np.float32)
+    w1[120:] = 0.3 + 0.05 * np.exp(-np.arange(80) / 20)
+    h["loss"] = h["loss"] + np.where(np.arange(200) >= 120, 0.4, 0.0).astype(np.float32)
+    h["w1_loss"] = w1
+    a.uns["sctraj"]["params"]["method"] = "vgfm"
+    return a
+
+
+def test_training_marks_phase_two(fitted, tmp_path):
+    ax = sctraj.pl.training(_with_phase2(fitted), keys="loss", show=False)
+    assert any(np.allclose(line.get_xdata(), 121) for line in ax.get_lines())
+    assert any("phase 2" in t.get_text() for t in ax.texts)
+    check_image(sctraj.pl.training(fitted, return_fig=True), "training_phases", tmp_path)
+
+
+def test_image_grid_of_panels_with_ax(fitted, tmp_path):
+    """Four sctraj panels drawn into one constrained-layout grid with ax=: nothing overlaps or is cut off."""
+    sctraj.tl.velocity_embedding(fitted, basis="umap")
+    fig, axs = plt.subplots(2, 2, figsize=(9, 7.5), layout="constrained")
+    sctraj.pl.velocity_stream(fitted, basis="umap", color="time", n_grid=15, ax=axs[0, 0], show=False)
+    sctraj.pl.trajectories(fitted, basis="pca", color="cell_type", n_paths=40, ax=axs[0, 1], show=False)
+    sctraj.pl.mass(fitted, groupby="cell_type", ax=axs[1, 0], show=False)
+    sctraj.pl.growth(fitted, basis="umap", ax=axs[1, 1], show=False)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    fig_box = fig.bbox
+    boxes = []
+    for a in axs.ravel():
+        for art in (a.title, *((a.xaxis.label, a.yaxis.label) if a.axison else ())):
+            if art.get_text() and art.get_visible():
+                bb = art.get_window_extent(r)
+                assert fig_box.x0 - 1 <= bb.x0 and bb.x1 <= fig_box.x1 + 1, art.get_text()
+                assert fig_box.y0 - 1 <= bb.y0 and bb.y1 <= fig_box.y1 + 1, art.get_text()
+        boxes.append(a.get_tightbbox(r))
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            ov = boxes[i].intersection(boxes[i], boxes[j])
+            assert ov is None or ov.width * ov.height < 0.02 * boxes[i].width * boxes[i].height, (i, j)
+    check_image(fig, "grid", tmp_path)

@@ -106,7 +106,8 @@ def mass(
         Categorical obs column (cell type, cluster) to split the mass by; colours from
         ``uns[f"{{groupby}}_colors"]`` (defaults are written there, as scanpy does).
     log
-        Logarithmic mass axis.
+        Logarithmic mass axis. Otherwise the axis starts at zero, so that small fluctuations of a nearly constant
+        mass are not drawn as growth.
     title
         Panel title.
     {show_save_ax}
@@ -146,15 +147,17 @@ def mass(
         handles += [Line2D([], [], ls="", marker="o", color="k", label="observed"),
                     Line2D([], [], ls="", marker="x", color="k", label=f"predicted ({method})")]
         ax.legend(handles=handles, frameon=False, fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5),
-                  title=groupby, title_fontsize="small")
+                  title=U.readable(groupby), title_fontsize="small")
     if log:
         ax.set_yscale("log")
+    else:  # an honest axis: from zero, so that noise of a fraction of a percent does not look like growth
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.05)
     ax.set_xlabel(U.time_unit(adata, time_key))
-    ax.set_ylabel(f"total mass (relative to {time_key} {U.fmt_time(fitted.min())})")
+    ax.set_ylabel(f"total mass\n(relative to {U.readable(time_key)} {U.fmt_time(fitted.min())})")
     ax.set_xticks(fitted)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title if title is not None else "cell mass over time", fontsize="medium")
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, ax, show=show, save=save, name='mass', return_fig=return_fig)
 
 
 @U.doc_params(show_save_ax=U.DOC_SHOW_SAVE_AX, returns=U.DOC_RETURNS)
@@ -231,4 +234,4 @@ def growth(
     if title is None:
         title = f"growth rate ({method}" + (": conserves mass, 0 everywhere)" if conserving else ")")
     ax.set_title(title, fontsize="medium")
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, ax, show=show, save=save, name='growth', return_fig=return_fig)

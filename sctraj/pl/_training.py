@@ -18,6 +18,17 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(pad, k, mode="valid")
 
 
+def _phase_start(hist: dict[str, np.ndarray]) -> int | None:
+    """First step of a second training phase: where a loss logged as NaN during the warm-up starts (vgfm)."""
+    for name in ("w1_loss",):
+        y = hist.get(name)
+        if y is not None and "loss" in hist and len(y) == len(hist["loss"]):
+            fin = np.flatnonzero(np.isfinite(y))
+            if len(fin) and fin[0] > 0:
+                return int(fin[0]) + 1  # steps are drawn from 1
+    return None
+
+
 @U.doc_params(show_save_ax=U.DOC_SHOW_SAVE_AX, returns=U.DOC_RETURNS)
 def training(
     adata,
@@ -35,6 +46,9 @@ def training(
 
     A flat, noisy curve at the end means more steps would not help much; a curve still falling means
     ``n_steps`` can be raised. Methods that log several terms (e.g. a flow and a growth loss) get one panel each.
+    Where a method changes its objective during training (``vgfm``'s phase 2, which adds the Wasserstein and mass
+    terms computed through the ODE), a dotted line marks the step, so the jump in the loss there is not mistaken for
+    instability. ``metricfm``'s path-network losses (``geopath_*``) are counted in their own steps.
 
     Parameters
     ----------
@@ -62,6 +76,8 @@ def training(
     rec = U.fit_record(adata, key, needed="history")
     hist = {str(k): np.asarray(v, float).ravel() for k, v in rec["history"].items()}
     hist = {k: v for k, v in hist.items() if v.size}
+    phase2 = _phase_start(hist)
+    n_main = len(hist.get("loss", ()))
     if keys is not None:
         keys = [keys] if isinstance(keys, str) else list(keys)
         miss = [k for k in keys if k not in hist]
@@ -96,7 +112,12 @@ def training(
                 a.yaxis.set_minor_formatter(fmt)
             else:
                 a.yaxis.set_minor_formatter(mticker.NullFormatter())
-        a.set_xlabel("training step")
+        if phase2 is not None and len(y) == n_main and not name.startswith("geopath"):
+            a.axvline(phase2, color="0.4", ls=":", lw=1)
+            a.annotate("phase 2:\nfit through\nthe ODE", (phase2, 1), xycoords=("data", "axes fraction"),
+                       xytext=(3, -2), textcoords="offset points", ha="left", va="top", fontsize="x-small",
+                       color="0.3")
+        a.set_xlabel("training step (path network)" if name.startswith("geopath") else "training step")
         a.set_ylabel(("loss" if name == "loss" else name) + (" (log scale)" if use_log else ""))
         a.spines[["top", "right"]].set_visible(False)
         a.grid(False)
@@ -106,7 +127,7 @@ def training(
         ax.legend(frameon=False, fontsize="small")
         ax.set_title(f"training ({method})", fontsize="medium")
         ax.set_ylabel("loss")
-    return U.finish(fig, axs[0] if len(set(map(id, axs))) == 1 else axs, show=show, save=save,
+    return U.finish(fig, axs[0] if len(set(map(id, axs))) == 1 else axs, show=show, save=save, name='training',
                     return_fig=return_fig)
 
 
@@ -198,4 +219,4 @@ def benchmark(
     if title is None:
         title = "leave-one-out" + (f": {time_label} {held[0]:g}" if len(held) == 1 else "")
     ax.set_title(title, fontsize="medium")
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, ax, show=show, save=save, name='benchmark', return_fig=return_fig)

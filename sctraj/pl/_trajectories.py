@@ -52,6 +52,7 @@ def trajectories(
         mean position of its nearest observed cells.
     color
         obs column or gene for the background cells (:func:`scanpy.pl.embedding`); light grey when ``None``.
+        Categorical columns (and numeric ones with a few values, such as time points) get a legend.
     n_paths
         Number of paths drawn (a random subset of the cells that have one).
     cmap
@@ -99,7 +100,8 @@ def trajectories(
     tt = t[pick, None] + frac[None] * (nxt - t[pick])[:, None]  # time at each path point
     P = U.to_basis(adata, T[pick], use_rep=use_rep, basis=bkey)
 
-    fig, ax = U.new_axes(ax, figsize=(5.2, 4.2))
+    fig, ax = U.new_axes(ax, figsize=(5.2, 4.6))
+    before_axes = list(fig.axes)
     U.embedding(adata, bkey, color, ax, **{"alpha": 0.5, **kwargs})
     _, norm = U.time_colors(times, cmap)
     segs = np.stack([P[:, :-1], P[:, 1:]], axis=2).reshape(-1, 2, 2)
@@ -110,21 +112,31 @@ def trajectories(
     ax.scatter(P[:, 0, 0], P[:, 0, 1], s=6, c=tt[:, 0], cmap=cmap, norm=norm, zorder=4, edgecolors="none")
     ax.scatter(P[:, -1, 0], P[:, -1, 1], s=10, marker=">", c=tt[:, -1], cmap=cmap, norm=norm, zorder=4,
                edgecolors="none")
-    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.7, pad=0.02)
-    cb.set_label(U.time_unit(adata, time_key))
+    # time colour bar below the panel, so the right margin stays free for the legend of ``color``
+    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, location="bottom", shrink=0.6, pad=0.02,
+                      aspect=30)
+    cb.set_label(f"time along the path: {U.time_unit(adata, time_key)}", fontsize="small")
     cb.set_ticks(times)
     cb.set_ticklabels([U.fmt_time(x) for x in times])
+    cb.ax.tick_params(labelsize="small")
     from matplotlib.lines import Line2D
 
-    ax.legend(
-        handles=[Line2D([], [], ls="", marker="o", ms=4, color="#555555", label="start: observed cell"),
-                 Line2D([], [], ls="", marker=">", ms=5, color="#555555", label="end: next time point")],
-        loc="lower left", bbox_to_anchor=(0.0, -0.12), ncols=2, frameon=False, fontsize="x-small",
-    )
+    key = [Line2D([], [], ls="", marker="o", ms=4, color="#555555", label="path start: observed cell"),
+           Line2D([], [], ls="", marker=">", ms=5, color="#555555", label="path end: next time point")]
+    color_legend = ax.get_legend()  # scanpy's legend of a categorical ``color``: merged with the marker key
+    if color_legend is not None:
+        handles = list(color_legend.legend_handles) + key
+        labels = [t.get_text() for t in color_legend.get_texts()] + [h.get_label() for h in key]
+        ax.legend(handles=handles, labels=labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                  fontsize="small", title=U.readable(color), title_fontsize="small")
+    elif len(fig.axes) > len(before_axes) + 1:  # scanpy added a colour bar for a continuous ``color``
+        ax.legend(handles=key, loc="lower left", frameon=False, fontsize="x-small")
+    else:
+        ax.legend(handles=key, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="x-small")
     if title is None:
         title = f"{len(pick)} cell paths ({rec['params']['method']})"
     ax.set_title(title, fontsize="medium")
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, ax, show=show, save=save, name='trajectories', return_fig=return_fig)
 
 
 @U.doc_params(show_save_ax=U.DOC_SHOW_SAVE_AX, returns=U.DOC_RETURNS)
@@ -283,4 +295,4 @@ def marginals(
         a.set_ylabel(f"{bn} 2")
         a.set_xticks([])
         a.set_yticks([])
-    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, name='marginals', return_fig=return_fig)

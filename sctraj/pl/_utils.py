@@ -19,9 +19,13 @@ DOC_SHOW_SAVE_AX = """\
 ax
     A :class:`~matplotlib.axes.Axes` to draw into; a new figure is created when ``None``.
 show
-    Call :func:`matplotlib.pyplot.show` at the end; ``None`` follows ``sctraj.settings.autoshow``.
+    Call :func:`matplotlib.pyplot.show` at the end; ``None`` follows ``sctraj.settings.autoshow`` (by default
+    ``scanpy.settings.autoshow``).
 save
-    Path (with extension, e.g. ``"fig.png"`` or ``"fig.pdf"``) to save the figure to.
+    As in scanpy: ``True`` saves to ``{figdir}/{function name}{plot_suffix}.{file_format_figs}``
+    (``scanpy.settings``); a string such as ``"_day4.png"`` is appended to the function name in the figure
+    directory (the extension, if given, picks the format). A :class:`~pathlib.Path`, or a string with a directory
+    (``"out/fig.png"``), is used as the file path itself.
 return_fig
     Return the :class:`~matplotlib.figure.Figure` instead of the axes."""
 
@@ -96,14 +100,22 @@ def time_unit(adata, time_key: str) -> str:
     if isinstance(ds, Mapping) and "time_unit" in ds:
         unit = str(ds["time_unit"])
     if unit and unit != time_key and unit != "index":
-        return f"{time_key} ({unit})"
-    return str(time_key)
+        return f"{readable(time_key)} ({unit})"
+    return readable(time_key)
+
+
+def readable(name: str) -> str:
+    """A column name as an axis label: ``"day_num"`` -> ``"day num"``."""
+    return str(name).replace("_", " ").strip()
 
 
 def rate_unit(adata, time_key: str) -> str:
+    """``"per day"`` when the dataset records its time unit, else ``"per unit of <time column>"``."""
     ds = adata.uns.get("dataset")
-    unit = str(ds["time_unit"]) if isinstance(ds, Mapping) and "time_unit" in ds else time_key
-    return f"per {unit}" if unit != "index" else "per time step"
+    unit = str(ds["time_unit"]) if isinstance(ds, Mapping) and "time_unit" in ds else None
+    if unit == "index":
+        return "per time step"
+    return f"per {unit}" if unit else f"per unit of {readable(time_key)}"
 
 
 def basis_key(adata, basis: str) -> str:
@@ -158,8 +170,29 @@ def to_basis(adata, points: np.ndarray, *, use_rep: str, basis: str, n_neighbors
     return out.reshape(*pts.shape[:-1], 2)
 
 
-def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, **kwargs) -> None:
-    """Background cells with :func:`scanpy.pl.embedding`, labelling the colour bar it adds (if any)."""
+MAX_DISCRETE = 12  # numeric obs columns with at most this many values (time points) are drawn as categories
+
+
+def discrete_values(adata, color) -> np.ndarray | None:
+    """The sorted values of a numeric obs column with few distinct values (e.g. sampled days), else ``None``."""
+    if not isinstance(color, str) or color not in adata.obs:
+        return None
+    col = adata.obs[color]
+    if isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col.dtype) or \
+            pd.api.types.is_bool_dtype(col.dtype):
+        return None
+    vals = np.unique(col.to_numpy(float)[np.isfinite(col.to_numpy(float))])
+    return vals if 1 < len(vals) <= MAX_DISCRETE else None
+
+
+def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, random_state: int = 0,
+              **kwargs) -> None:
+    """Background cells with :func:`scanpy.pl.embedding`, labelling the colour bar it adds (if any).
+
+    A numeric column with a few distinct values (time points) is drawn as categories, with a legend and colours
+    at their real spacing on viridis, and the cells in random order, so no time point hides another.
+    """
+    import anndata as ad
     import scanpy as sc
 
     fig = ax.figure
@@ -167,12 +200,35 @@ def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, **
     kw = {"frameon": False, "show": False}
     if color is None:
         kw["na_color"] = "#d9d9d9"
+    vals = discrete_values(adata, color)
+    if vals is not None:
+        order = np.random.default_rng(random_state).permutation(adata.n_obs)
+        col = adata.obs[color].to_numpy(float)[order]
+        labels = [fmt_time(v) for v in vals]
+        cat = pd.Categorical([fmt_time(v) if np.isfinite(v) else np.nan for v in col], categories=labels)
+        tmp = ad.AnnData(obs=pd.DataFrame({color: cat}, index=adata.obs_names[order]),
+                         obsm={basis: np.asarray(adata.obsm[basis])[order]})
+        stored = adata.uns.get(f"{color}_colors")
+        colors, _ = time_colors(vals)
+        tmp.uns[f"{color}_colors"] = np.asarray(
+            list(stored) if stored is not None and len(stored) == len(vals) else
+            [to_hex(colors[float(v)]) for v in vals], dtype=object)
+        adata = tmp
     kw.update(kwargs)
     sc.pl.embedding(adata, basis=basis, color=color, ax=ax, **kw)
-    label = cbar_label if cbar_label is not None else (color if isinstance(color, str) else None)
+    label = cbar_label if cbar_label is not None else (readable(color) if isinstance(color, str) else None)
     if label:
         for cax in set(fig.axes) - before:
             cax.set_ylabel(label, fontsize="small")
+    leg = ax.get_legend()
+    if leg is not None and isinstance(color, str) and not leg.get_title().get_text():
+        leg.set_title(readable(color), prop={"size": "small"})
+
+
+def to_hex(c) -> str:
+    from matplotlib.colors import to_hex as _to_hex
+
+    return _to_hex(c)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,27 +294,53 @@ def new_axes(ax=None, *, figsize=(4.5, 4.0)):
     return fig, ax
 
 
-def check_save(save) -> Path | None:
-    if save is None:
+_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def check_save(save, name: str = "figure") -> Path | None:
+    """Where ``save`` puts the figure of the plotting function ``name`` (scanpy's rules, plus explicit paths)."""
+    if save is None or save is False:
         return None
+    from .._settings import settings
+
+    sc_settings = _scanpy_settings()
+    suffix = str(getattr(sc_settings, "plot_suffix", "") or "")
+    default_ext = str(getattr(sc_settings, "file_format_figs", "pdf") or "pdf")
+    if save is True:
+        return settings.figdir / f"{name}{suffix}.{default_ext}"
     if isinstance(save, bool) or not isinstance(save, str | os.PathLike):
-        raise TypeError(f"save must be a file path such as 'figures/velocity.png', got {save!r}.")
+        raise TypeError(f"save must be True, a file-name suffix such as '_day4.png' or a path, got {save!r}.")
+    if isinstance(save, str) and os.sep not in save and "/" not in save:
+        # scanpy: the string is appended to the function name, in the figure directory
+        stem, dot, ext = save.rpartition(".")
+        if dot and ext.lower() in _FORMATS:
+            return settings.figdir / f"{name}{stem}{suffix}.{ext}"
+        return settings.figdir / f"{name}{save}{suffix}.{default_ext}"
     path = Path(save)
     if not path.suffix:
         raise ValueError(f"save={str(save)!r} has no file extension; use e.g. {str(save)!r} + '.png' or '.pdf'.")
     return path
 
 
-def finish(fig, axes, *, show: bool | None, save, return_fig: bool):
-    """scanpy's contract: save to ``save``; return the figure, nothing (when shown) or the axes."""
+def _scanpy_settings():
+    try:
+        import scanpy as sc
+    except ImportError:  # pragma: no cover - scanpy is a dependency
+        return None
+    return sc.settings
+
+
+def finish(fig, axes, *, show: bool | None, save, return_fig: bool, name: str = "figure"):
+    """scanpy's contract: save (see ``check_save``); return the figure, nothing (when shown) or the axes."""
     import matplotlib.pyplot as plt
 
-    from .._settings import settings
+    from .._settings import logger, settings
 
-    path = check_save(save)
+    path = check_save(save, name)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, bbox_inches="tight")
+        logger.info(f"saved figure to {path}")
     if return_fig:
         return fig
     if show is None:

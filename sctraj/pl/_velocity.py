@@ -78,7 +78,8 @@ def velocity_stream(
     vkey
         Velocity key prefix (``f"{{key_added}}_velocity"``).
     color
-        obs column or gene to colour cells by (scanpy's ``color``); light grey when ``None``.
+        obs column or gene to colour cells by (scanpy's ``color``); light grey when ``None``. A numeric column with a
+        few values (time points) is drawn as categories with a legend.
     density
         Streamline density (:func:`matplotlib.pyplot.streamplot`).
     smooth
@@ -133,6 +134,6 @@ def velocity_stream(
     if title is None:
         title = f"velocity ({method})" if method else "velocity"
         if color is not None:
-            title += f", cells coloured by {color}"
-    ax.set_title(title)
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+            title += f"\ncells coloured by {U.readable(color)}"
+    ax.set_title(title, fontsize="medium")
+    return U.finish(fig, ax, show=show, save=save, name='velocity_stream', return_fig=return_fig)
