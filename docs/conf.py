@@ -60,6 +60,7 @@ napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = True
 napoleon_use_param = True
+napoleon_use_ivar = True  # "Attributes" as fields: dataclass configs document their fields without duplicate objects
 typehints_defaults = "braces"
 always_document_param_types = False
 

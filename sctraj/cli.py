@@ -254,12 +254,12 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .models import available_methods, get_method
+    """List the methods, or one method's settings; read from the sources, so torch is not imported."""
+    from ._catalog import describe_text, methods
 
-    for m in available_methods():
-        cls = get_method(m)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{m:10s} {doc}")
+    if args.name is not None and args.name not in methods():
+        raise UsageError(f"Unknown method {args.name!r}. Available methods: {', '.join(methods())}.")
+    print(describe_text(args.name), end="" if args.name else "\n")
     return 0
 
 
@@ -393,10 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sctraj {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    f = sub.add_parser("fit", help="fit a method and write the annotated AnnData (and figures)")
+    from ._catalog import help_epilog
+
+    f = sub.add_parser("fit", help="fit a method and write the annotated AnnData (and figures)",
+                       epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("input", metavar="IN.h5ad")
     f.add_argument("--time-key", required=True, help="obs column with each cell's sampling time (numeric)")
-    f.add_argument("--method", default="otcfm", help="method name (see `sctraj methods`); default otcfm")
+    f.add_argument("--method", default="otcfm", help="method name (listed below); default otcfm")
     f.add_argument("--use-rep", default="X_pca", help="obsm key of the embedding to fit in; default X_pca")
     f.add_argument("--out", required=True, metavar="OUT.h5ad")
     f.add_argument("--figures", metavar="DIR", help="write every applicable plot as PNG into DIR")
@@ -410,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", metavar="MODEL.pt", help="also save the model")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")
-    f.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter, repeatable")
+    f.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="method setting, repeatable (names below; meanings and defaults: sctraj methods METHOD)")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the processes started by torchrun (rank 0 writes the outputs); "
@@ -443,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    m = sub.add_parser("methods", help="list the registered methods")
+    m = sub.add_parser("methods", help="list the methods, or every setting of one (default and meaning)")
+    m.add_argument("name", nargs="?", metavar="METHOD", help="show this method's settings")
     m.set_defaults(func=cmd_methods)
     return p
 

@@ -39,6 +39,13 @@ def hematopoiesis():
     Camargo & Klein, Science 367 (2020). How the 2-d embedding was made is not documented upstream; ``samples``
     0/1/2 are in-vitro days 2/4/6. Licence: the upstream TIGON repository is MIT; check the original authors' terms
     before redistributing outside sctraj.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> sorted(adata.obs["day"].unique().tolist())
+    [2.0, 4.0, 6.0]
     """
     d = _load("hematopoiesis.npz")
     X = d["X"]
@@ -69,6 +76,13 @@ def eb():
     Provenance: ``data/val_rna.npz`` and ``data/test_rna.npz`` of take-koshizuka/NLSB (commit 2a0228f9; MIT,
     Copyright (c) 2022 Takeshi Koshizuka), a subset of the TrajectoryNet EB data (Tong et al. 2020; raw data
     Moon et al., Nature Biotechnology 2019). Sampling windows: days 0-3, 6-9, 12-15, 18-21, 24-27.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.eb()
+    >>> "X_pca" in adata.obsm
+    True
     """
     d = _load("eb.npz")
     ti = d["t"].astype(int)
@@ -100,6 +114,13 @@ def ipsc():
     The real sampling times are not stored upstream, so the index is the time (equal spacing assumed).
     Provenance: ``Input/Bifurcation.npy`` of yutongo/TIGON (commit 7fb46bc3; MIT). Raw data: Bargaje et al., PNAS
     114 (2017). Preprocessing is not documented upstream.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.ipsc()
+    >>> "X_emb" in adata.obsm
+    True
     """
     d = _load("ipsc.npz")
     ti = d["t"].astype(int)
@@ -139,6 +160,11 @@ def klein_mesc():
     single-cell transcriptomics applied to embryonic stem cells", Cell 161 (2015), GEO GSE65525 (inDrops). The labels
     file stores the day itself (0, 2, 4, 7). Licence: MIT for the repository copy; check the original authors' terms
     before redistributing outside sctraj.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.klein_mesc()  # doctest: +SKIP
     """
     import anndata as ad
     import scipy.sparse as sp
@@ -171,6 +197,11 @@ def reprogramming():
     -----
     Provenance: ``tests/data/moscot_temporal_tests.h5ad`` of theislab/moscot (commit 0741c824; BSD-3-Clause), made
     by moscot's test suite from the WOT serum arm. Raw data: Schiebinger, Shu, Tabaka et al., Cell 176 (2019).
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.reprogramming()  # doctest: +SKIP
     """
     adata = _read_h5ad("reprogramming.h5ad")
     adata.uns["dataset"] = {"name": "reprogramming", "source": "Schiebinger et al. 2019 via moscot", "time_unit": "day"}
@@ -197,6 +228,11 @@ def larry():
     ``tests/data/test_adata_preprocessed.h5ad`` of AllonKleinLab/cospar (commit ca54cad8; MIT). Raw data: Weinreb,
     Rodriguez-Fraticelli, Camargo & Klein, "Lineage tracing on transcriptional landscapes links state to fate during
     differentiation", Science 367 (2020).
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.larry()  # doctest: +SKIP
     """
     adata = _read_h5ad("larry.h5ad")
     adata.obs["day"] = adata.obs["time_info"].astype(str).astype(float)

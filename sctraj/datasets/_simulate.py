@@ -46,6 +46,13 @@ def simulate(
     -------
     AnnData with ``obs["time"]``, ``obs["population"]``, ``obs["true_growth_rate"]``, ``obsm["X_sim"]`` (positions),
     ``obsm["true_velocity"]`` and ``uns["simulate"]`` (``A``, ``b``, ``true_mass`` at each time relative to time 0).
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=100, n_dims=2, growth=True)
+    >>> adata.obsm["X_sim"].shape[1]
+    2
     """
     import anndata as ad
     from scipy.linalg import expm

@@ -20,6 +20,14 @@ def true_flow(X: np.ndarray, t: float, center: np.ndarray, axis: np.ndarray, tre
     ``dz/dt = a * width * tanh(z / width)``, solved by ``sinh(z(t) / width) = sinh(z(0) / width) exp(a t)``; across
     it, the offset from the centre follows ``dy/dt = b y`` (``a, b`` from the treatment). Extra dimensions (beyond the
     first two) stay where they are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sctraj
+    >>> X = np.zeros((3, 2))
+    >>> sctraj.datasets.true_flow(X, 0.5, center=np.zeros(2), axis=np.array([1.0, 0.0])).shape  # doctest: +SKIP
+    (3, 2)
     """
     a, b = _TREATMENT_RATES[treatment]
     X = np.asarray(X, np.float64)
@@ -95,6 +103,12 @@ def simulate_populations(
     ``uns["simulate_populations"]`` with the ground truth per population (``centers``, ``axes``, ``treatments``,
     ``width``, ``times``, ``test_populations``). :func:`sctraj.datasets.true_flow` pushes any cells of a population
     with the exact dynamics.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate_populations()  # doctest: +SKIP
+    >>> train = adata[adata.obs["split"] == "train"].copy()  # doctest: +SKIP
     """
     import anndata as ad
 

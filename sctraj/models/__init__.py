@@ -8,7 +8,7 @@ from . import (
 )
 from ._base import BaseMethod, FitData, MethodConfig
 from ._model import TrajectoryModel, resolve_device
-from ._registry import available_methods, get_method, register_method
+from ._registry import available_methods, describe, get_method, register_method
 
 __all__ = [
     "BaseMethod",
@@ -16,6 +16,7 @@ __all__ = [
     "MethodConfig",
     "TrajectoryModel",
     "available_methods",
+    "describe",
     "get_method",
     "register_method",
     "resolve_device",

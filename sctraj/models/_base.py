@@ -45,6 +45,22 @@ class MethodConfig:
     seed-to-seed spread of ``vgfm``'s W1 tenfold (``benchmarks/results/vgfm.md``). The decay halves the distance the
     optimiser travels, so a run of only a few hundred steps ends less trained than with a constant rate: for quick
     looks with few steps use ``"constant"``.
+
+    Attributes
+    ----------
+    width
+        Hidden units per layer of the velocity network (and of the method's other networks unless they have their
+        own setting).
+    depth
+        Hidden layers of the networks.
+    activation
+        Activation function of the networks: ``"selu"``, ``"silu"``, ``"relu"``, ``"tanh"``, ``"gelu"`` or ``"elu"``.
+    lr
+        AdamW learning rate.
+    weight_decay
+        AdamW weight decay.
+    lr_schedule
+        ``"constant"`` or ``"cosine"`` (decay from ``lr`` to ``lr / 100`` along a half cosine), see above.
     """
 
     width: int = 64

@@ -19,7 +19,14 @@ FORMAT_VERSION = 1
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when available; asking for CUDA without it is an error."""
+    """``"auto"`` picks CUDA when available; asking for CUDA without it is an error.
+
+    Examples
+    --------
+    >>> from sctraj.models import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
@@ -40,6 +47,20 @@ class TrajectoryModel:
     Internally cells are centred and divided by one global scale and time is mapped to [0, 1] over the fitted time
     points; every public method takes and returns real coordinates (the first ``n_dims`` dims of ``use_rep``) and real
     time (the units of ``time_key``).
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.simulate(n_cells=60, n_dims=2)
+    >>> model = sctraj.tl.fit_flow(adata, "time", use_rep="X_sim", n_steps=50, progress=False)
+    >>> X = adata.obsm["X_sim"][:5]
+    >>> model.velocity(X, 0.0).shape  # dx/dt at time 0
+    (5, 2)
+    >>> X1, log_w = model.push(X, 0.0, 1.0)  # cells moved from time 0 to time 1, and their log mass change
+    >>> model.growth_rate(X, 0.0).tolist()  # 0 for mass-conserving methods
+    [0.0, 0.0, 0.0, 0.0, 0.0]
+    >>> sctraj.tl.get_model(adata).times.tolist() == model.times.tolist()  # the same model, stored in adata
+    True
     """
 
     def __init__(self, method: BaseMethod, setup: dict[str, Any], history: dict[str, list[float]] | None = None):

@@ -122,6 +122,11 @@ class MetaFM(BaseMethod):
     time is embedded from its earliest cells inside the fitted time range. Cells without a population label are an
     error (they are never pooled into a population of their own). Populations larger than
     ``max_population_cells`` are subsampled by ``source_subset``, the same rule everywhere.
+
+    Inputs read by ``fit_flow`` (``**method_params``):
+
+    * ``condition_key="<obs column>"``: optional condition of each population (e.g. the treatment), encoded one-hot
+      and given to the field beside the population embedding; one value per population.
     """
 
     Config = MetaFMConfig

@@ -115,6 +115,13 @@ def mass(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", method="vgfm", use_rep="X_emb", n_steps=200, progress=False)  # doctest: +SKIP
+    >>> sctraj.pl.mass(adata)  # doctest: +SKIP
     """
     from matplotlib.lines import Line2D
 
@@ -199,6 +206,13 @@ def growth(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", method="vgfm", use_rep="X_emb", n_steps=200, progress=False)  # doctest: +SKIP
+    >>> sctraj.pl.growth(adata, basis="emb")  # doctest: +SKIP
     """
     import scanpy as sc
 

@@ -68,6 +68,13 @@ def training(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", use_rep="X_emb", n_steps=200, progress=False)
+    >>> sctraj.pl.training(adata, save=True)  # figures/training.pdf, as scanpy would  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     import matplotlib.ticker as mticker
@@ -168,6 +175,13 @@ def benchmark(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> res = sctraj.tl.leave_one_out(adata, "day", methods=["icfm", "otcfm"], use_rep="X_emb")  # doctest: +SKIP
+    >>> sctraj.pl.benchmark(res, time_label="held-out day")  # doctest: +SKIP
     """
     U.check_common(show, return_fig, ax, save)
     if not isinstance(results, pd.DataFrame):

@@ -70,6 +70,14 @@ def trajectories(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", use_rep="X_emb", n_steps=200, progress=False)
+    >>> sctraj.pl.trajectories(adata, basis="emb", n_paths=100, show=False)  # doctest: +ELLIPSIS
+    <Axes: ...>
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -195,6 +203,17 @@ def marginals(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", use_rep="X_emb", n_steps=200, progress=False)
+    >>> sctraj.pl.marginals(adata, show=False)  # every cell pushed to the next day  # doctest: +SKIP
+    >>> pred = sctraj.tl.predict(adata, source_time=2, target_time=4)
+    >>> both = ad.concat({{"observed": adata, "predicted": pred}}, label="sctraj_source", uns_merge="first")
+    >>> sctraj.pl.marginals(both, show=False)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

@@ -99,6 +99,13 @@ def velocity_stream(
     Returns
     -------
     {returns}
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.hematopoiesis()
+    >>> _ = sctraj.tl.fit_flow(adata, "day", use_rep="X_emb", n_steps=200, progress=False)
+    >>> sctraj.pl.velocity_stream(adata, basis="emb", vkey="sctraj_velocity", color="day", save="_hema.png")  # doctest: +SKIP
     """
     U.check_adata(adata)
     U.check_common(show, return_fig, ax, save)

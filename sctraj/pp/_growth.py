@@ -93,6 +93,13 @@ def score_growth(
         Prior growth rate ``beta - delta``.
     `adata.obs[f"{key_added}_weight"]`
         ``exp(rate)``: positive prior for VGFM's ``weight_key``.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.klein_mesc()  # raw counts, mouse genes  # doctest: +SKIP
+    >>> sctraj.pp.score_growth(adata, organism="mouse")  # doctest: +SKIP
+    >>> sctraj.tl.fit_flow(adata, "day", method="vgfm", weight_key="growth_weight")  # doctest: +SKIP
     """
     import scanpy as sc
 

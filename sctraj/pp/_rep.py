@@ -37,6 +37,14 @@ def scale_embedding(
     Returns
     -------
     Returns `None` if `copy=False`, else an :class:`~anndata.AnnData`. Sets `adata.obsm[key_added]`.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.eb()
+    >>> sctraj.pp.scale_embedding(adata, use_rep="X_pca", n_dims=5, key_added="X_pca5")
+    >>> adata.obsm["X_pca5"].shape[1]
+    5
     """
     check_adata(adata)
     X = get_rep(adata, use_rep, n_dims).astype(np.float64)

@@ -92,6 +92,8 @@ def fit_flow(
     **method_params
         Settings of the method's config (network ``width``/``depth``/``activation``, ``lr``, ``sigma``, ...), and
         method-specific inputs (e.g. ``total_mass`` for ``"vgfm"``, ``condition_key`` for ``"metafm"``).
+        ``sctraj.models.describe(method)`` lists every one with its default and meaning (``sctraj methods NAME``
+        on the command line).
 
     Returns
     -------

@@ -47,6 +47,15 @@ def evaluate(
     ``{"W1": ..., "W2": ..., "MMD": ...}``: exact 1- and 2-Wasserstein distances with the Euclidean cost
     (:func:`ot.emd2`), and the RBF-kernel maximum mean discrepancy averaged over bandwidths ``{0.5, 1, 2}`` x the
     median pairwise distance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sctraj
+    >>> rng = np.random.default_rng(0)
+    >>> scores = sctraj.tl.evaluate(rng.normal(size=(100, 2)), rng.normal(size=(120, 2)))
+    >>> sorted(scores)
+    ['MMD', 'W1', 'W2']
     """
     import ot
 

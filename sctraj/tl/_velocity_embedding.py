@@ -61,6 +61,14 @@ def velocity_embedding(
         Velocity of each cell on the embedding (NaN where the fitted velocity is NaN).
     `adata.uns[f"{{vkey}}_params"]` : :class:`dict`
         ``embeddings`` (the bases projected to, read by scVelo), ``use_rep`` and ``model_key``.
+
+    Examples
+    --------
+    >>> import sctraj
+    >>> adata = sctraj.datasets.eb()  # doctest: +SKIP
+    >>> sctraj.tl.fit_flow(adata, "day", use_rep="X_pca", n_dims=10)  # doctest: +SKIP
+    >>> sctraj.tl.velocity_embedding(adata, basis="umap")  # doctest: +SKIP
+    >>> sctraj.pl.velocity_stream(adata, basis="umap", color="day")  # doctest: +SKIP
     """
     from sklearn.neighbors import NearestNeighbors
 
