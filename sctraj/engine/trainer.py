@@ -137,9 +137,8 @@ def train(
     called after every optimiser step; training ends early when it returns ``True`` (e.g. early stopping on a
     held-out loss).
     """
-    from .progress import phase
-
     from . import distributed
+    from .progress import phase
 
     params = [p for p in params if p.requires_grad]
     sync = distributed.gradient_sync(params, desc)  # None unless fit_flow runs data-parallel on several ranks
