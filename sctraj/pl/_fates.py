@@ -133,7 +133,8 @@ def fate_probabilities(
         growth = bool(settings.get("growth_weighted", False))
         cb = fig.colorbar(sc_art, ax=axs, shrink=0.8)
         cb.set_label("share of progeny" if growth else "fate probability", fontsize="small")
-    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, return_fig=return_fig,
+                    name='fate_probabilities')
 
 
 @U.doc_params(show_save_ax=U.DOC_SHOW_SAVE_AX, returns=U.DOC_RETURNS)
@@ -197,4 +198,5 @@ def cell_transition(
     fig.colorbar(im, ax=ax, shrink=0.8).set_label("share", fontsize="small")
     if title is not None:
         ax.set_title(title, fontsize="medium")
-    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, ax, show=show, save=save, return_fig=return_fig,
+                    name='cell_transition')

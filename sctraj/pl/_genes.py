@@ -210,4 +210,5 @@ def gene_trends(
     handles = [Line2D([], [], color=c, lw=2.2, label=lab) for lab, c in colors.items() if (labels[pick] == lab).any()]
     handles.append(Line2D([], [], ls="", marker="o", color="k", label="observed mean ± sd"))
     axs[-1].legend(handles=handles, fontsize="x-small", frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, return_fig=return_fig)
+    return U.finish(fig, axs if len(axs) > 1 else axs[0], show=show, save=save, return_fig=return_fig,
+                    name='gene_trends')
