@@ -242,7 +242,8 @@ def growth(
           "colorbar_loc": "right"}
     kw.update(kwargs)
     before = set(fig.axes)
-    sc.pl.embedding(adata, basis=bkey, color=gkey, **kw)
+    with U.quiet_scanpy():
+        sc.pl.embedding(adata, basis=bkey, color=gkey, **kw)
     for cax in set(fig.axes) - before:
         cax.set_ylabel(f"growth rate, d log(mass)/dt ({U.rate_unit(adata, time_key)})", fontsize="small")
     if title is None:

@@ -5,6 +5,7 @@ Nothing here imports torch: plots only read what ``sctraj.tl`` wrote into the An
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -215,7 +216,8 @@ def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, ra
             [to_hex(colors[float(v)]) for v in vals], dtype=object)
         adata = tmp
     kw.update(kwargs)
-    sc.pl.embedding(adata, basis=basis, color=color, ax=ax, **kw)
+    with quiet_scanpy():
+        sc.pl.embedding(adata, basis=basis, color=color, ax=ax, **kw)
     label = cbar_label if cbar_label is not None else (readable(color) if isinstance(color, str) else None)
     if label:
         for cax in set(fig.axes) - before:
@@ -223,6 +225,16 @@ def embedding(adata, basis: str, color, ax, *, cbar_label: str | None = None, ra
     leg = ax.get_legend()
     if leg is not None and isinstance(color, str) and not leg.get_title().get_text():
         leg.set_title(readable(color), prop={"size": "small"})
+
+
+@contextlib.contextmanager
+def quiet_scanpy():
+    """Silence scanpy's own deprecation notices about matplotlib (``cmap.set_bad``), which users cannot act on."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"scanpy\.")
+        yield
 
 
 def to_hex(c) -> str:
