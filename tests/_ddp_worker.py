@@ -109,6 +109,13 @@ def main(rank: int, world: int, store: str, outdir: str, w1_seeds: tuple[int, ..
                 out[name] = None
             except Exception as e:  # noqa: BLE001 - recorded for the parent test
                 out[name] = f"{type(e).__name__}: {e}"
+        # 5. the averaging itself: gradients rank + 1 -> their mean 1.5 on every rank; a gradient present on rank 0
+        #    only is averaged with zeros (as DDP does for unused parameters); no gradient anywhere stays None
+        a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+        a.grad = torch.full((3,), float(rank + 1))
+        b.grad = torch.full((3,), 4.0) if rank == 0 else None
+        sd.GradientSync([a, b, c], sd.resolve(None, torch.device("cpu")), "avg").step(0, None)
+        out["avg"] = (a.grad.tolist(), None if b.grad is None else b.grad.tolist(), c.grad)
         # 4. fit_flow itself diverging (a huge learning rate): the same error on both ranks, nothing written
         ad = data()
         before = set(ad.obsm) | set(ad.obs) | set(ad.uns)

@@ -52,6 +52,8 @@ def test_two_gloo_ranks(tmp_path):
     check_same_seed_same_world_size_same_result(ranks)
     check_nonfinite_or_failing_rank_stops_every_rank_with_the_same_error(ranks)
     check_two_ranks_match_one_process_with_twice_the_batch(ranks)
+    for r in ranks:  # gradients are averaged, not summed or copied from rank 0
+        assert r["avg"] == ([1.5] * 3, [2.0] * 3, None)
 
 
 def _equal(a: dict, b: dict) -> None:
