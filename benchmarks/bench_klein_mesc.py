@@ -46,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--out", default="klein_mesc", help="name of the result files in benchmarks/results/")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     load0 = os.getloadavg()
@@ -55,7 +56,7 @@ def main() -> None:
                                  seeds=args.seeds, progress=False, trajectory_n_grid=0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     load1 = os.getloadavg()
-    df.to_csv(Path(__file__).resolve().parent / "results" / "klein_mesc_raw.csv", index=False)
+    df.to_csv(Path(__file__).resolve().parent / "results" / f"{args.out}_raw.csv", index=False)
 
     # finite-sample floor: W1 between two random halves of the held-out day's own cells (what a perfect model
     # scored on half the cells would get; in 30 dimensions this is far from 0)
@@ -100,9 +101,9 @@ def main() -> None:
         f"Load average: {', '.join(f'{x:.1f}' for x in load0)} at start, {', '.join(f'{x:.1f}' for x in load1)} at "
         f"the end (2 shared cores, `nice -n 5`; the machine line above reads the load when the table was written); the whole run took {wall:.0f} s wall, {cpu:.0f} s CPU of this "
         "process. Fit times are wall-clock under that load: compare them within this table only.\n\n"
-        "Raw rows: `benchmarks/results/klein_mesc_raw.csv`."
+        f"Raw rows: `benchmarks/results/{args.out}_raw.csv`."
     )
-    write_result("klein_mesc", "klein_mesc leave-one-out (days 2 and 4 held out, 30 PCs)", body, notes)
+    write_result(args.out, "klein_mesc leave-one-out (days 2 and 4 held out, 30 PCs)", body, notes)
     print(pd.DataFrame(rows).to_string())
 
 
