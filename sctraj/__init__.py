@@ -16,3 +16,12 @@ from . import datasets, pl, pp, tl
 from ._settings import settings
 
 __all__ = ["datasets", "pl", "pp", "tl", "settings", "__version__"]
+
+
+def __getattr__(name: str):
+    """``sctraj.models`` on first use (it imports torch, which ``import sctraj`` does not)."""
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

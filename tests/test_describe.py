@@ -34,6 +34,9 @@ def test_catalog_matches_the_registry(method):
 
 
 def test_describe():
+    import sctraj
+
+    assert sctraj.models.describe is M.describe  # sctraj.models on first use, without an explicit import
     df = M.describe("vgfm")
     assert {"total_mass", "weight_key", "lambda_mass", "width", "lr_schedule"} <= set(df.index)
     assert df.loc["lr_schedule", "default"] == "'cosine'" and df.loc["total_mass", "kind"] == "input"
