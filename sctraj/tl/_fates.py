@@ -556,6 +556,8 @@ def couplings(
     ``n_neighbors`` entries per row, rows summing to 1 (rows and columns in ``adata`` order of those cells). Hand
     the result to :class:`cellrank.kernels.RealTimeKernel` (``pip install 'sctraj[cellrank]'``) for GPCCA terminal
     states, fate probabilities and driver genes :cite:p:`Weiler2024`; CellRank needs a categorical time column.
+    Predicted growth (``vgfm``) is not in these matrices: CellRank row-normalises transition matrices, so a cell's
+    mass would be lost there; use :func:`fate_probabilities` or :func:`cell_transition` for progeny shares.
 
     Parameters
     ----------
