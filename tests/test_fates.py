@@ -274,3 +274,21 @@ def test_plots_follow_the_contract(fitted, tmp_path):
     with pytest.raises(TypeError, match="DataFrame"):
         sctraj.pl.cell_transition(tab.to_numpy(), show=False)
     plt.close("all")
+
+
+@pytest.mark.parametrize("method", ["icfm", "otcfm", "sbcfm", "vgfm", "metricfm", "metafm"])
+def test_every_method(adata_time, method):
+    """Every method's model goes through the fate functions (metafm per population)."""
+    from conftest import method_kwargs
+
+    adata = adata_time
+    model = sctraj.tl.fit_flow(adata, "time", method=method, use_rep="X_pca", **method_kwargs(method))
+    adata.obs["type"] = pd.Categorical(np.where(adata.obsm["X_pca"][:, 0] > np.median(adata.obsm["X_pca"][:, 0]),
+                                                "hi", "lo"))
+    df = sctraj.tl.fate_probabilities(adata, model, "type", n_steps=5)
+    early = (adata.obs["time"] < 2.5).to_numpy()
+    np.testing.assert_allclose(df[early].sum(1), 1.0, atol=1e-9)
+    c = sctraj.tl.couplings(adata, model, n_steps=5, n_neighbors=5)
+    assert all(np.allclose(np.asarray(M.sum(1)).ravel(), 1.0) for M in c.values())
+    pulled = sctraj.tl.pull(adata, model, ("type", "hi"), 0.0, target_time=2.5, n_steps=5)
+    assert np.isclose(pulled.sum(), 1.0)
