@@ -3,7 +3,8 @@
 Data loss / security
     test_key_added_existing_uns_entry_is_refused, test_key_added_not_h5ad_safe_is_refused,
     test_key_added_overwriting_user_obs_or_obsm_is_refused, test_refit_clears_stale_keys,
-    test_refit_clears_stale_velocity_projections, test_model_save_is_atomic,
+    test_refit_clears_stale_velocity_projections, test_fate_probabilities_never_writes_into_user_keys,
+    test_model_save_is_atomic,
     test_numpy_scalar_params_save_and_load, test_load_model_checks_header_before_allocating,
     test_cli_refuses_out_equal_to_input, test_cli_bad_basis_fails_before_the_fit
 Silent wrong results
@@ -11,7 +12,8 @@ Silent wrong results
     test_epoch_second_and_nanosecond_times, test_near_duplicate_times_consistent_in_fit_and_predict,
     test_complex_times_refused, test_predict_more_dims_refused, test_predict_fewer_dims_message,
     test_metafm_nan_population_labels_refused, test_metafm_condition_ignores_excluded_cells,
-    test_width_or_depth_zero_refused, test_concurrent_fits_in_threads_match_serial
+    test_width_or_depth_zero_refused, test_concurrent_fits_in_threads_match_serial,
+    test_thread_settings_shared_safely_between_threads
 Crashes / unclear errors
     test_predict_on_predict_result, test_obsm_dataframe_non_numeric_column, test_backed_sparse_X_use_rep_X,
     test_score_growth_duplicate_var_names, test_bad_parameter_types (lr="0.001", width="64", activation="foo",
@@ -20,7 +22,7 @@ Crashes / unclear errors
     test_continuous_time_column_short_error
 Memory
     test_evaluate_memory_is_one_cost_matrix, test_use_rep_X_sparse_reads_needed_columns_only,
-    test_leave_one_out_does_not_copy_X
+    test_sparse_X_use_rep_X_through_velocity_embedding_and_plots, test_leave_one_out_does_not_copy_X
 """
 
 from __future__ import annotations
@@ -150,6 +152,27 @@ def test_refit_clears_stale_velocity_projections(adata_time):
     assert "sctraj_velocity_umap" in a.obsm
     fit(a, method="icfm")
     assert "sctraj_velocity_umap" not in a.obsm and "sctraj_velocity_params" not in a.uns
+
+
+def test_fate_probabilities_never_writes_into_user_keys(adata_time):
+    a = adata_time
+    a.obs["kind"] = pd.Categorical(np.where(a.obsm["X_pca"][:, 0] > 0, "p", "q"))
+    model = fit(a)
+    a.uns["pca"] = {"variance_ratio": np.array([0.5, 0.5])}
+    a.obsm["mine_fate_probabilities"] = np.ones((a.n_obs, 2))
+    snap = Snapshot(a)
+    with pytest.raises(ValueError, match=r"uns\['pca'\] already exists and was not written by sctraj"):
+        sctraj.tl.fate_probabilities(a, model, "kind", key_added="pca", n_steps=5)
+    with pytest.raises(ValueError, match=r"obsm\['mine_fate_probabilities'\] already exists"):
+        sctraj.tl.fate_probabilities(a, model, "kind", key_added="mine", n_steps=5)
+    snap.check(a)
+    sctraj.tl.fate_probabilities(a, None, "kind", n_steps=5)  # the fit's own key: allowed, and owned by the fit
+    assert "sctraj_fate_probabilities" in a.obsm
+    fit(a, method="icfm")  # a refit removes the previous fit's fate probabilities
+    assert "sctraj_fate_probabilities" not in a.obsm
+    sctraj.tl.fate_probabilities(a, model, "kind", key_added="other", n_steps=5)  # a fresh key for a model passed in
+    fit(a, key_added="other")  # and a fit may take that key over
+    assert "other_fate_probabilities" not in a.obsm
 
 
 def test_model_save_is_atomic(adata_time, tmp_path, monkeypatch):

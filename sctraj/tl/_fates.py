@@ -263,6 +263,9 @@ def fate_probabilities(
     _check_common(n_neighbors, n_source_neighbors, n_steps, solver)
     if key_added in adata.uns and not isinstance(adata.uns[key_added], Mapping):
         raise TypeError(f"adata.uns[{key_added!r}] exists and is not a dict; pass another key_added.")
+    from ._write import check_derived
+
+    check_derived(adata, key_added, f"{key_added}_fate_probabilities", "fate_probabilities")  # never a user's key
     codes, cats = _labels(adata, groupby, "groupby")
     tgt = float(model.times[-1]) if target_time is None else _observed_time(t, model, target_time, "target_time")
     if not np.isclose(t, tgt).any():

@@ -17,6 +17,7 @@ from .. import _keys
 
 MARKER = "sctraj"
 _LEGACY_PARAMS = ("method", "time_key", "use_rep", "version")  # records written before the marker existed
+DERIVED = ("fate_probabilities", "gene_velocity")  # entries other sctraj functions add to a fit record
 
 
 def planned_keys(key_added: str, use_rep: str, trajectory: bool) -> dict[str, list[str]]:
@@ -31,6 +32,8 @@ def _as_list(v) -> list[str]:
 
 def is_fit_record(rec) -> bool:
     """Whether ``rec`` is a record written by ``fit_flow`` (with the marker, or an older sctraj record)."""
+    if isinstance(rec, Mapping) and rec and all(k in DERIVED for k in rec):
+        return True  # only what sctraj's derived functions wrote (e.g. fate probabilities of a model passed in)
     if not isinstance(rec, Mapping) or not isinstance(rec.get("params"), Mapping):
         return False
     p = rec["params"]
@@ -51,12 +54,14 @@ def owned_keys(adata, key_added: str) -> dict[str, list[str]] | None:
             f"({type(rec).__name__}); fitting would replace it. Pass another key_added, e.g. "
             f"key_added={free_key(adata, 'sctraj')!r}."
         )
-    p = rec["params"]
+    p = rec.get("params", {})
     wk = p.get("written_keys")
     if isinstance(wk, Mapping):
         owned = {"obsm": _as_list(wk.get("obsm")), "obs": _as_list(wk.get("obs"))}
-    else:  # an older record: the keys that fit_flow derived from its key_added and use_rep
+    elif "use_rep" in p:  # an older record: the keys that fit_flow derived from its key_added and use_rep
         owned = planned_keys(key_added, str(p.get("use_rep", "")), True)
+    else:
+        owned = {"obsm": [], "obs": []}
     # fate probabilities of this fit written by tl.fate_probabilities (its settings live in the fit record)
     if "fate_probabilities" in rec:
         owned["obsm"].append(f"{key_added}_fate_probabilities")
@@ -128,3 +133,16 @@ def write_fit(adata, key_added: str, *, obsm: dict[str, np.ndarray], obs: dict[s
     for k, v in obs.items():
         adata.obs[k] = v
     adata.uns[key_added] = record
+
+
+def check_derived(adata, key_added: str, obsm_key: str, entry: str) -> None:
+    """Before a derived result (e.g. fate probabilities) is written into ``uns[key_added][entry]`` and
+    ``obsm[obsm_key]``: refuse when ``uns[key_added]`` or ``obsm[obsm_key]`` holds data sctraj did not write."""
+    owned = owned_keys(adata, key_added) or {"obsm": [], "obs": []}  # raises for a foreign uns[key_added]
+    rec = adata.uns.get(key_added)
+    mine = owned["obsm"] + ([obsm_key] if isinstance(rec, Mapping) and entry in rec else [])
+    if obsm_key in adata.obsm and obsm_key not in mine:
+        raise ValueError(
+            f"adata.obsm[{obsm_key!r}] already exists and was not written by sctraj; writing {entry} would replace "
+            f"it. Pass another key_added, e.g. key_added={free_key(adata, key_added)!r}."
+        )
