@@ -285,6 +285,8 @@ def test_pl_property(fitted_adata, tmp_path_factory, name, key, basis, show, ret
 
     a, table = fitted_adata
     _TABLE["table"] = table
+    figdir = sctraj.settings._figdir
+    sctraj.settings.figdir = tmp_path_factory.mktemp("figs")  # save="noext" is scanpy's suffix: a file in figdir
     snap = Snapshot(a)
     kw = {"key": key, "basis": basis, "show": show, "return_fig": return_fig}
     if save is not None:
@@ -296,6 +298,7 @@ def test_pl_property(fitted_adata, tmp_path_factory, name, key, basis, show, ret
         out = run(lambda: PL[name](a, kw), [(a, snap)])
     finally:
         plt.close("all")
+        sctraj.settings.figdir = figdir
     if out is None:  # an error: run() checked that nothing changed
         return
     snap.check(a, allow_colors=True)  # a plot writes nothing but scanpy's default category colours
