@@ -53,14 +53,13 @@ SPEED_NOTES = """\
   W1 (`stochastic=True`) is within seed noise of the ODE's at the default sigma = 0.1."""
 
 SIGMA_NOTES = """\
-- Not complete: the sweep was planned as EB 5-d (held-out 13.5), hematopoiesis (4) and iPSC (4), sigma in
-  {0.1, 0.25, 0.5, 1}, seeds 0-2, and ran under a load average of 28-43 on 2 cores until the session's deadline; the
-  `(n)` in each cell is the number of seeds that finished. The overall mean uses only the folds every sigma finished.
-- Decision: the default stays `sigma = 0.1`. The finished folds do not support a change with the >= 3 seeds per
-  data set the choice needs: larger sigma helps on hematopoiesis (sigma = 1: 0.91x otcfm by the ODE, 0.81x by the
-  SDE, 2 seeds) but hurts on iPSC at 0.5 (1.07x / 1.16x, 1 seed), and EB 5-d has only sigma <= 0.25. sigma = 0.25
-  was no worse than 0.1 on every data set it finished (and its Sinkhorn plans are cheaper: single precision
-  converges), so it is the first candidate to confirm when the sweep can finish.
+- Not complete: planned as EB 5-d (held-out 13.5), hematopoiesis (4) and iPSC (4), sigma in {0.1, 0.25, 0.5, 1},
+  seeds 0-2; it ran under a load average of 28-43 on 2 cores until the session's deadline, and the `(n)` in each cell
+  is the number of seeds that finished (hematopoiesis complete, EB and iPSC 1-2 seeds). The overall mean uses only the
+  folds every sigma finished. The `EB 5-d (standardised PCs)` denominator is from an earlier run's otcfm fit only.
+- Decision: the default stays `sigma = 0.1`. No value is better on every data set: sigma = 1 is best on
+  hematopoiesis (0.93x otcfm by the ODE, 0.81x by the SDE, 3 seeds) but its SDE is 1.15x on EB and iPSC (1 seed
+  each); 0.25 and 0.5 are within noise of 0.1. Confirming a change needs the unfinished EB and iPSC seeds.
 - At sigma = 0.1 on standardised data the entropic plan (reg 0.02) is close to the exact OT plan and the SDE's noise
   is small, so sbcfm behaves much like otcfm (ratios near 1 above)."""
 

@@ -224,7 +224,7 @@ class SBCFMConfig(CFMConfig):
         ``sigma * sqrt(s (1 - s))`` at fraction ``s`` of the interval, whatever the interval's length. It also sets
         the entropic regularisation ``2 sigma^2`` of the plan. Must be positive. The default 0.1 is the paper's
         single-cell setting; a measured choice (``benchmarks/bench_sbcfm.py --part sigma``) is not finished
-        (``benchmarks/results/sbcfm_sigma.md``): 0.25 was no worse on any data set it completed.
+        (``benchmarks/results/sbcfm_sigma.md``): sigma = 1 helped on hematopoiesis only.
     score
         Learn the score ``grad log p_t`` jointly with the drift ([SF]2M), so that ``stochastic=True`` can sample the
         SDE. ``False`` learns the probability-flow ODE only (sbcfm's earlier behaviour, a little cheaper).
