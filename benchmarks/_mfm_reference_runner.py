@@ -28,7 +28,10 @@ from pathlib import Path
 
 
 def _stub(name, **attrs):
+    import importlib.machinery
+
     mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
     mod.__dict__.update(attrs)
     sys.modules[name] = mod
     return mod
@@ -43,29 +46,33 @@ for _n in ("wandb", "lpips", "umap", "phate", "scprep", "scanpy", "fld", "fld.fe
     _stub(_n)
 _stub("fld.features.InceptionFeatureExtractor", InceptionFeatureExtractor=_Dummy)
 _stub("fld.metrics.FID", FID=_Dummy)
-_stub("torchvision", transforms=types.SimpleNamespace(Compose=_Dummy, Resize=_Dummy))
-_stub("torchvision.transforms", Compose=_Dummy, Resize=_Dummy)
 sys.modules["wandb"].Image = _Dummy
 sys.modules["wandb"].log = lambda *a, **k: None
 
 import numpy as np  # noqa: E402
 import ot  # noqa: E402
 import torch  # noqa: E402
-from mfm.dataloaders.trajectory_data import TemporalDataModule  # noqa: E402
-from mfm.flow_matchers.flow_net_train import FlowNetTrainTrajectory  # noqa: E402
-from mfm.flow_matchers.geopath_net_train import GeoPathNetTrain  # noqa: E402
-from mfm.flow_matchers.models.mfm import MetricFlowMatcher  # noqa: E402
-from mfm.geo_metrics.metric_factory import DataManifoldMetric  # noqa: E402
-from mfm.networks.flow_networks.mlp import VelocityNet  # noqa: E402
-from mfm.networks.geopath_networks.mlp import GeoPathMLP  # noqa: E402
-from mfm.train.parsers import parse_args  # noqa: E402
-from mfm.train.train_utils import create_callbacks  # noqa: E402
-from mfm.utils import set_seed  # noqa: E402
 from pytorch_lightning import Trainer  # noqa: E402
 from torchcfm.optimal_transport import OTPlanSampler  # noqa: E402
 
+# torchvision (image transforms of the reference's image experiments) only after Lightning / torchmetrics are imported,
+# so that they see it as absent
+_stub("torchvision", transforms=types.SimpleNamespace(Compose=_Dummy, Resize=_Dummy))
+_stub("torchvision.transforms", Compose=_Dummy, Resize=_Dummy)
+
 
 def main(inp, out):
+    from mfm.dataloaders.trajectory_data import TemporalDataModule
+    from mfm.flow_matchers.flow_net_train import FlowNetTrainTrajectory
+    from mfm.flow_matchers.geopath_net_train import GeoPathNetTrain
+    from mfm.flow_matchers.models.mfm import MetricFlowMatcher
+    from mfm.geo_metrics.metric_factory import DataManifoldMetric
+    from mfm.networks.flow_networks.mlp import VelocityNet
+    from mfm.networks.geopath_networks.mlp import GeoPathMLP
+    from mfm.train.parsers import parse_args
+    from mfm.train.train_utils import create_callbacks
+    from mfm.utils import set_seed
+
     d = np.load(inp, allow_pickle=True)
     h, seed = int(d["heldout"]), int(d["seed"])
     torch.set_num_threads(int(d["threads"]))

@@ -51,6 +51,10 @@ CONFIGS: dict[str, dict] = {
     # sigma
     "sigma0.05": {"sigma": 0.05},
     "sigma0.2": {"sigma": 0.2},
+    # cost: learned-path samples shared by two flow-matching steps, fewer LAND landmarks
+    "path_reuse2": {"path_reuse": 2},
+    "landmarks512": {"land_max_points": 512},
+    "fast": {"path_reuse": 2, "land_max_points": 512},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {"land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3, "geopath_normalise": "global",
                      "geopath_lr": 1e-4},

@@ -57,7 +57,8 @@ def run_reference(X, t, h_index, seed, threads=1, overrides=None):
         np.savez(inp, pcs=X.astype(np.float32), sample_labels=t, heldout=h_index, seed=seed, threads=threads,
                  workdir=tmp, **extra)
         outp = Path(tmp) / "out.json"
-        env = dict(os.environ, PYTHONPATH=str(REF_SRC), WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+        env = dict(os.environ, PYTHONPATH=str(REF_SRC), WANDB_MODE="disabled", PYTHONWARNINGS="ignore",
+                   TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")  # Lightning 2.2 checkpoints hold pickled objects
         r = subprocess.run([str(VENV_PY), str(HERE / "_mfm_reference_runner.py"), str(inp), str(outp)],
                            capture_output=True, text=True, env=env)
         if r.returncode != 0 or not outp.exists():

@@ -4,23 +4,29 @@ Kapusniak, Potaptchik, Reu, Zhang, Tong, Bronstein, Bose & Di Giovanni (2024). M
 Interpolations on the Data Manifold. NeurIPS 2024. arXiv:2405.14780.
 
 Straight interpolants ``(1-s) x0 + s x1`` cut through regions where no cells are. Metric FM (MFM) bends them towards
-the data with a Riemannian metric ``G(x) = (diag(h(x)) + eps)^-1`` that is cheap on the data and expensive off it
+the data with a Riemannian metric ``G(x) = (diag(h(x)) + eps)^-alpha`` that is cheap on the data and expensive off it
 (LAND or RBF, :mod:`sctraj.engine.metrics`), in two stages (Algorithm 1 of the paper):
 
 1. **Interpolant** (paper Eq. 4 / 11): ``x_s = (1-s) x0 + s x1 + gamma(s) phi_eta(x0, x1, t)`` with
    ``gamma(s) = 1 - s^2 - (1-s)^2 = 2 s (1-s)`` (zero at both ends, so the path always joins ``x0`` to ``x1``) and an
    MLP ``phi_eta``. ``eta`` minimises the kinetic energy ``E[xdot_s^T G(x_s) xdot_s]`` over coupled pairs and
-   ``s ~ U(0, 1)``; ``xdot_s`` is the exact derivative in ``s`` (forward-mode AD, :func:`torch.func.jvp`).
+   ``s ~ U(0, 1)``; ``xdot_s`` is the exact derivative in ``s`` (forward tangent propagation through the MLP, equal to
+   forward-mode AD). Training stops early when the energy of OT pairs of held-out cells stops falling, as in the
+   reference code.
 2. **Flow matching** (Eq. 12): with ``phi_eta`` frozen, a time-conditioned field ``v_theta`` regresses ``xdot_s`` at
    ``x_s + sigma eps`` (the Gaussian width of OT-CFM).
 
 Pairs come from the exact OT plan with Euclidean cost between consecutive snapshots (OT-MFM, the paper's default; the
-metric is not used for the coupling) or from the independent coupling (I-MFM, ``coupling="independent"``). As in the
+metric is not used for the coupling), from the independent coupling (I-MFM, ``coupling="independent"``) or, as an
+ablation, from exact OT under the metric's straight-segment energy (``coupling="metric_ot"``). As in the
 paper's single-cell experiments one metric is built per interval from the cells of its two snapshots, and one field
 is trained over all intervals (local time ``s`` of interval ``[tau_k, tau_k+1]`` is global time
 ``t = tau_k + s (tau_k+1 - tau_k)``; velocities are divided by the interval length). ``phi_eta`` is shared by all
 intervals and sees the global time, which tells intervals apart. Each interval's energy is divided by its value for
 the straight interpolant, so intervals with very different metric scales weigh equally.
+
+Every deviation from the paper and from the reference code (github kksniak/metric-flow-matching) is listed, with the
+reason, in ``docs/methods.md`` (section Metric FM); measurements in ``benchmarks/results/metricfm.md``.
 
 The learned interpolants are returned by :meth:`MetricFM.paths` (internal units) and, for AnnData users, by
 :func:`sctraj.tl.metric_paths`.
