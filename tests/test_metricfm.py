@@ -192,7 +192,7 @@ def test_rbf_metric_adaptive_eps_follows_the_reference_rule():
 def test_geopath_early_stopping_and_options():
     a = _adata()
     sctraj.tl.fit_flow(a, "time", method="metricfm", **{**TINY, "n_steps": 40}, geopath_steps=400,
-                       geopath_eval_every=2, geopath_patience=2, geopath_lr=1e-6)
+                       geopath_eval_every=2, geopath_patience=2, geopath_lr=1e-6, geopath_val_fraction=0.1)
     rec = a.uns["sctraj"]
     # a learning rate too small to improve the held-out energy stops stage 1 long before its 400 steps
     assert rec["geopath_steps_run"] < 400 and len(rec["history"]["geopath_val_loss"]) >= 2
