@@ -205,12 +205,16 @@ def render():
             lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
         lines.append("")
     lines += ["## Notes", "",
-              "- Sizing (2 shared CPU cores): planned as one interior held-out time per dataset (the one nearest the "
-              "middle of the time course), every applicable method at its defaults, 3 seeds, 4 dimensions, 2 datasets. "
-              "**Done: only what the table shows** (`n=1`: seed 0 only). The 2026-12-02 run started at 07:00 UTC under a "
-              "load average of 27-43 on 2 cores and was stopped at 07:48 for the session's deadline; `sbcfm` was not "
-              "run (its default sigma was still being measured), `icfm` and `vgfm` only partly. These are single-seed "
-              "indications, not the >= 3-seed measurement the issue asks for; rerun the command to complete it.",
+              "- Sizing: one interior held-out time per dataset (the one nearest the middle of the time course), every "
+              "applicable method at its defaults, seeds 0-2, 4 dimensions, 2 datasets: 120 fits. Run on 2026-12-02 "
+              "08:04-08:13 UTC on a quiet machine (load average 1-2.4), the two datasets as two processes at once "
+              "with one thread each (`OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python "
+              "benchmarks/bench_highdim.py --datasets eb` and `... --datasets klein`), all at main `3aafd4c`. An "
+              "earlier single-seed run under a load of 27-43 was replaced by this one.",
+              "- Reading: in 30-100 dimensions every flow lands within 0.97-1.06x of `otcfm`, and none reaches the "
+              "no-model exact-OT interpolation on EB. `metricfm` (RBF metric above 10 dims) beats `otcfm` on Klein "
+              "(0.97-0.99x; 0.86x at 5-d) but not on EB (1.03-1.06x): the Metric FM paper's CITE-50 gain (0.94x) is "
+              "not reproduced on EB here. `vgfm` is best on EB (0.97x) at 7-10x `otcfm`'s CPU time.",
               "- `metafm` is not in the table: it learns how the dynamics depend on the population and needs two or more "
               "populations observed at two or more times. EB and Klein mESC are single populations, where `fit_flow` "
               "refuses `metafm`; splitting them into pseudo-populations would measure nothing Meta FM is for.",
