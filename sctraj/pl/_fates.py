@@ -55,7 +55,6 @@ def fate_probabilities(
     -------
     {returns}
     """
-    import matplotlib.pyplot as plt
 
     U.check_common(show, return_fig, ax, save)
     fkey = f"{key}_fate_probabilities"
@@ -96,16 +95,7 @@ def fate_probabilities(
         adata.obs[groupby].dtype, pd.CategoricalDtype) else {}
 
     n = len(chosen)
-    if ax is None:
-        nc = min(ncols, n)
-        nr = int(np.ceil(n / nc))
-        fig, axs = plt.subplots(nr, nc, figsize=(3.4 * nc + 0.6, 3.2 * nr), squeeze=False, layout="constrained")
-        axs = list(axs.ravel())
-        for a in axs[n:]:
-            a.set_visible(False)
-        axs = axs[:n]
-    else:
-        fig, axs = ax.figure, [ax]
+    fig, axs = U.panel_grid(n, ncols, (3.4, 3.2), ax, extra_width=0.6)
     s = size if size is not None else 120000 / max(adata.n_obs, 1)
     s = float(np.clip(s, 1.0, 40.0))
     sc_art = None

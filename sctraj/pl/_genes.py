@@ -113,7 +113,6 @@ def gene_trends(
     --------
     >>> sctraj.pl.gene_trends(adata, ["Krt8", "Zfp42"], groupby="leiden")  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     U.check_common(show, return_fig, ax, save)
@@ -175,16 +174,7 @@ def gene_trends(
     Xobs = adata.X if layer is None else adata.layers[layer]
 
     n = len(genes)
-    if ax is None:
-        nc = min(ncols, n)
-        nr = int(np.ceil(n / nc))
-        fig, axs = plt.subplots(nr, nc, figsize=(4.2 * nc, 3.3 * nr), squeeze=False, layout="constrained")
-        axs = list(axs.ravel())
-        for a in axs[n:]:
-            a.set_visible(False)
-        axs = axs[:n]
-    else:
-        fig, axs = ax.figure, [ax]
+    fig, axs = U.panel_grid(n, ncols, (4.2, 3.3), ax)
     src_times = np.unique(t[pick])
     for gi, (a, g) in enumerate(zip(axs, genes, strict=True)):
         for lab, colr in colors.items():

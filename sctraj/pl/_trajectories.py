@@ -215,7 +215,6 @@ def marginals(
     >>> both = ad.concat({{"observed": adata, "predicted": pred}}, label="sctraj_source", uns_merge="first")
     >>> sctraj.pl.marginals(both, show=False)  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     U.check_common(show, return_fig, ax, save)
@@ -272,16 +271,7 @@ def marginals(
         raise ValueError(f"ax= draws one panel, but there are {len(preds)} time points; pass times=[t] as well.")
 
     n = len(preds)
-    if ax is None:
-        nc = min(ncols, n)
-        nr = int(np.ceil(n / nc))
-        fig, axs = plt.subplots(nr, nc, figsize=(3.6 * nc, 3.4 * nr), squeeze=False, layout="constrained")
-        axs = list(axs.ravel())
-        for a in axs[n:]:
-            a.set_visible(False)
-        axs = axs[:n]
-    else:
-        fig, axs = ax.figure, [ax]
+    fig, axs = U.panel_grid(n, ncols, (3.6, 3.4), ax)
     pred_color = "#d6604d"
     view = np.asarray(adata.obsm[bkey], float)[:, :2]
     s = size if size is not None else max(2.0, 60000 / max(adata.n_obs, 1) ** 1.0 * 0.15)

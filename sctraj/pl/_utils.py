@@ -306,6 +306,22 @@ def new_axes(ax=None, *, figsize=(4.5, 4.0)):
     return fig, ax
 
 
+def panel_grid(n: int, ncols: int, panel_size: tuple[float, float], ax=None, *, extra_width: float = 0.0):
+    """One axis per panel: a grid of ``n`` panels in ``ncols`` columns (spare axes hidden), or ``ax`` alone."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, [ax]
+    nc = min(ncols, n)
+    nr = int(np.ceil(n / nc))
+    w, h = panel_size
+    fig, axs = plt.subplots(nr, nc, figsize=(w * nc + extra_width, h * nr), squeeze=False, layout="constrained")
+    axs = list(axs.ravel())
+    for a in axs[n:]:
+        a.set_visible(False)
+    return fig, axs[:n]
+
+
 _FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
 
 
