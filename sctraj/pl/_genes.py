@@ -116,13 +116,7 @@ def gene_trends(
     from matplotlib.lines import Line2D
 
     U.check_common(show, return_fig, ax, save)
-    rec = U.fit_record(adata, key, needed="trajectory")
-    tkey = f"{key}_trajectory"
-    if tkey not in adata.obsm:
-        raise KeyError(
-            f"adata.obsm[{tkey!r}] was not found. Run sctraj.tl.fit_flow(adata, time_key, key_added={key!r}) with "
-            "trajectory_n_grid >= 2 (the default)."
-        )
+    rec, tkey = U.trajectory_record(adata, key)
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("genes is empty: pass a gene name or a list of them.")

@@ -83,13 +83,7 @@ def trajectories(
     from matplotlib.collections import LineCollection
 
     U.check_common(show, return_fig, ax, save)
-    rec = U.fit_record(adata, key, needed="trajectory")
-    tkey = f"{key}_trajectory"
-    if tkey not in adata.obsm:
-        raise KeyError(
-            f"adata.obsm[{tkey!r}] was not found. Run sctraj.tl.fit_flow(adata, time_key, key_added={key!r}) with "
-            "trajectory_n_grid >= 2 (the default)."
-        )
+    rec, tkey = U.trajectory_record(adata, key)
     if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 1:
         raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}.")
     use_rep = str(rec["params"]["use_rep"])

@@ -77,6 +77,18 @@ def fit_record(adata, key: str, *, needed: str | None = None, hint: str | None =
     return rec
 
 
+def trajectory_record(adata, key: str) -> tuple[Mapping, str]:
+    """The fit record of ``key`` and the key of its stored trajectories, with the fix when they are missing."""
+    rec = fit_record(adata, key, needed="trajectory")
+    tkey = f"{key}_trajectory"
+    if tkey not in adata.obsm:
+        raise KeyError(
+            f"adata.obsm[{tkey!r}] was not found. Run sctraj.tl.fit_flow(adata, time_key, key_added={key!r}) with "
+            "trajectory_n_grid >= 2 (the default)."
+        )
+    return rec, tkey
+
+
 def fit_times(adata, key: str) -> tuple[str, np.ndarray, np.ndarray]:
     """``(time_key, time of each cell, fitted time points)`` of the fit stored under ``key``."""
     rec = fit_record(adata, key)
