@@ -90,6 +90,27 @@ def test_entropic_plan_where_plain_sinkhorn_stalls():
     assert np.abs((L - f[:, None] - g[None, :]) * w).max() < 1e-3
 
 
+def test_entropic_plan_falls_back_to_the_log_domain(monkeypatch):
+    import ot
+
+    rng = np.random.default_rng(5)
+    x0, x1 = rng.normal(size=(30, 2)), rng.normal(size=(25, 2)) + 0.5
+    a, b = np.full(30, 1 / 30), np.full(25, 1 / 25)
+    ref = couplings.entropic_plan(x0, x1, reg=0.1)
+    real = ot.sinkhorn
+
+    def broken(*args, method="sinkhorn", **kw):  # plain Sinkhorn out of floating-point range
+        out = real(*args, method=method, **kw)
+        if method == "sinkhorn":
+            out[1]["u"] = out[1]["u"] * np.nan
+        return out
+
+    monkeypatch.setattr(couplings.ot, "sinkhorn", broken)
+    plan = couplings.entropic_plan(x0, x1, reg=0.1)
+    assert np.isfinite(plan).all() and _marginal_l1(plan, a, b) <= 1e-4
+    assert np.abs(plan - ref).sum() < 1e-3
+
+
 def test_sbcfm_fit_emits_no_solver_warning():
     import warnings
 

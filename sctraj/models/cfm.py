@@ -33,7 +33,8 @@ Defaults, and why (the same for every data set; measured in ``benchmarks/results
   1/2.7 of the CPU time. Other settings tried there (W1, mean of seeds 0 and 1): 512-blocks every 50 steps 0.418,
   256-blocks every 10 steps 0.422, fresh 256-blocks every step (torchcfm's choice) 0.397 at three times the CPU
   time of the default (0.408). SB-CFM refreshes its (costlier, blurrier) entropic block plans every 100 steps
-  (hematopoiesis W1 0.388 vs 0.405 every 25 steps, at 0.4x the CPU time); they use epsilon-scaling Sinkhorn, see
+  (hematopoiesis W1 0.388 vs 0.405 every 25 steps, at 0.4x the CPU time); they are solved by epsilon scaling
+  over POT's Sinkhorn in single precision, to an L1 marginal error of 1e-4, see
   :func:`sctraj.engine.couplings.entropic_plan`.
 * ``num_threads = 1`` while training: see :mod:`sctraj.engine.trainer`.
 """
