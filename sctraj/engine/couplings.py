@@ -111,10 +111,10 @@ def entropic_plan(
     and a stop on the marginal error instead of POT's fixed minimum of 35 x 100 iterations. Deviation from the exact
     plan: the solver tolerance ``tol`` only (the returned plan is exactly of the Gibbs form
     ``exp((f_i + g_j - C_ij) / reg)``, computed in double precision from the potentials). Measured on the bundled data
-    at reg 0.02 (one CPU thread; ``benchmarks/results/speed_sbcfm.md``): EB 5-d, 550 x 550 cells, 0.06-0.11 CPU s per
-    plan against 0.34-0.71 s for the earlier chain (plain Sinkhorn attempts, then POT's epsilon scaling); EB 50-d
-    0.17-0.23 s against 0.77-0.81 s; hematopoiesis 512-cell blocks 0.04-0.06 s against 0.07-0.14 s. The plans are
-    within 3e-4 to 1.4e-3 in L1 of plans solved to ``tol = 1e-8`` (the earlier chain's: 3e-5 to 2e-3).
+    at reg 0.02 (one CPU thread; ``benchmarks/bench_sbcfm.py --part plans``, ``benchmarks/results/speed_sbcfm.md``):
+    per EB 5-d plan (550 x 550 cells) 0.06-0.10 CPU s against 0.26-0.47 s for POT's epsilon scaling, per EB 50-d plan
+    0.16-0.23 s against 0.74-0.82 s, per hematopoiesis 512-cell block 0.04-0.06 s; the plans are within 3e-4 to
+    1.4e-3 in L1 of plans solved to ``tol = 1e-8`` (POT's epsilon scaling: 3e-5 to 2e-3).
     """
     a = uniform(len(x0)) if a is None else np.asarray(a, np.float64) / np.sum(a)
     b = uniform(len(x1)) if b is None else np.asarray(b, np.float64) / np.sum(b)
