@@ -247,6 +247,31 @@ def test_solver_rejects_unknown():
         solvers.integrate(lambda x, t: x, torch.zeros(1, 1), torch.tensor([0.0, 1.0]), solver="heun3")
 
 
+def test_fixed_step_mass_heun_is_second_order_against_closed_form():
+    """dx/dt = -x, d log w/dt = x_0 + t: x(T) = x0 e^-T, log w(T) = x0_0 (1 - e^-T) + t0 T + T^2 / 2, with rows on
+    different intervals (start time, step) in one batch."""
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.5, 0.2]], dtype=torch.float64)
+    t0 = torch.tensor([0.0, 1.0, 2.5], dtype=torch.float64)
+    span = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+
+    def field(x, t):
+        return -x, x[:, 0] + t
+
+    T = span[:, None]
+    x_true = x0 * torch.exp(-T)
+    lw_true = x0[:, 0] * (1 - torch.exp(-span)) + t0 * span + span**2 / 2
+    err = {}
+    for scheme in ("euler", "heun"):
+        for n in (8, 16):
+            x, lw = solvers.fixed_step_mass(field, x0, t0, span / n, n, scheme=scheme)
+            err[scheme, n] = max(float((x - x_true).abs().max()), float((lw - lw_true).abs().max()))
+    assert err["heun", 8] < 0.02 < 0.2 < err["euler", 8]
+    assert 3.0 < err["heun", 8] / err["heun", 16] < 5.5  # second order: half the step, a quarter of the error
+    assert 1.5 < err["euler", 8] / err["euler", 16] < 2.5  # first order
+    with pytest.raises(ValueError, match="scheme"):
+        solvers.fixed_step_mass(field, x0, t0, span, 1, scheme="rk4")
+
+
 def test_trainer_fits_constant_field_and_detects_nan():
     torch.manual_seed(0)
     net = VectorField(2, width=16, depth=2)

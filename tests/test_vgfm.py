@@ -59,15 +59,20 @@ def test_predict_weights_follow_growth(growth_fit):
     assert w.mean() == pytest.approx(a.uns["simulate"]["true_mass"][-1], rel=0.05)
 
 
-def test_mass_ode_constant_growth_gives_exp():
+@pytest.mark.parametrize("head", ["separate", "shared"])
+def test_mass_ode_constant_growth_gives_exp(head):
     """Through TrajectoryModel.push: with g = c (per tau) the mass after time t is exp(c t / T)."""
     from sctraj.models import TrajectoryModel
 
-    method = VGFM(2, VGFMConfig(width=8, depth=1))
+    method = VGFM(2, VGFMConfig(width=8, depth=1, growth_head=head))
     with torch.no_grad():
         for p in method.parameters():
             p.zero_()
-        method.growth_net.net[-1].bias.fill_(0.8)  # d log w / d tau = 0.8 everywhere
+        if head == "separate":
+            method.growth_net.net[-1].bias.fill_(0.8)  # d log w / d tau = 0.8 everywhere
+        else:
+            assert method.growth_net is None and method.net.net[-1].out_features == 3  # velocity (2) + growth (1)
+            method.net.net[-1].bias[2] = 0.8
     setup = {"times": [0.0, 4.0], "mean": [0.0, 0.0], "scale": 1.0, "use_rep": "X", "time_key": "t"}
     model = TrajectoryModel(method, setup)
     X = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
@@ -204,3 +209,16 @@ def test_semi_relaxed_plan_precision_and_far_outlier(monkeypatch):
         plan = semi_relaxed_plan(far, x1, ratio=2.0)
         assert np.isfinite(plan).all()
         np.testing.assert_allclose(plan.sum(0), 2.0 / 70, rtol=1e-3)
+
+
+def test_config_of_files_written_before_the_shared_head():
+    """Saved configs without ``growth_head`` / ``ode_solver`` are models with a separate growth network."""
+    saved = VGFMConfig(width=8, depth=1).to_dict()
+    del saved["growth_head"], saved["ode_solver"]
+    cfg = VGFMConfig.from_saved(saved)
+    assert (cfg.growth_head, cfg.ode_solver) == ("separate", "euler")
+    assert VGFM(3, cfg).growth_net is not None
+    with pytest.raises(ValueError, match="growth_head"):
+        VGFMConfig(growth_head="trunk")
+    with pytest.raises(ValueError, match="ode_solver"):
+        VGFMConfig(ode_solver="rk4")

@@ -37,11 +37,13 @@ from .._settings import logger
 from ..engine import couplings
 from ..engine.nn import GrowthHead, VectorField
 from ..engine.paths import StraightPath
+from ..engine.solvers import FIXED_SCHEMES, fixed_step_mass
 from ..engine.trainer import cpu_threads, train
 from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
 COST_NORMS = ("mean", "max", "none")
+GROWTH_HEADS = ("separate", "shared")
 _F32_MAX_EXPONENT = 80.0  # exp(-80) ~ 1.8e-35 is still a normal float32
 
 
@@ -78,11 +80,20 @@ class VGFMConfig(MethodConfig):
         add the distribution-fitting loss).
     phase2_batch
         Cells per snapshot integrated (and observed cells compared) per distribution-fitting step.
+    phase2_every
+        Evaluate the distribution-fitting loss on every ``phase2_every``-th step after the warm-up, weighted by
+        ``phase2_every``: the same objective in expectation over the steps at ``1 / phase2_every`` of its cost.
     ode_steps
         Euler steps per interval when integrating during the distribution-fitting phase. The distribution-fitting phase
         is most of the fit's cost; ``warmup=0.9, ode_steps=5`` does a quarter of its work at the same leave-one-out W1
         on hematopoiesis, but the coarser training integration doubles the error of the total mass predicted by a
         full fit (evaluated with 100 steps), so the defaults stay (``benchmarks/results/speed.md``).
+    ode_solver
+        Integrator of the distribution-fitting phase: ``"euler"`` (one evaluation per step) or ``"heun"`` (the explicit
+        trapezoid rule, two evaluations per step, second order: see :func:`sctraj.engine.solvers.fixed_step_mass`).
+    growth_head
+        ``"separate"``: the growth rate is its own network beside the velocity field (the paper's and the reference's
+        architecture); ``"shared"``: one network with ``dim + 1`` outputs, the velocity and the growth rate.
     lambda_ot
         Weight of the weighted W1 term.
     lambda_mass
@@ -107,7 +118,10 @@ class VGFMConfig(MethodConfig):
     phase2: bool = True
     warmup: float = 0.8
     phase2_batch: int = 256
+    phase2_every: int = 1
     ode_steps: int = 10
+    ode_solver: str = "euler"
+    growth_head: str = "separate"
     lambda_ot: float = 1.0
     lambda_mass: float = 1.0
     num_threads: int = 1
@@ -125,10 +139,20 @@ class VGFMConfig(MethodConfig):
                 raise ValueError(f"vgfm: {name} must be a non-negative number, got {v!r}.")
         if self.cost_norm not in COST_NORMS:
             raise ValueError(f"vgfm: cost_norm must be one of {COST_NORMS}, got {self.cost_norm!r}.")
+        if self.ode_solver not in FIXED_SCHEMES:
+            raise ValueError(f"vgfm: ode_solver must be one of {FIXED_SCHEMES}, got {self.ode_solver!r}.")
+        if self.growth_head not in GROWTH_HEADS:
+            raise ValueError(f"vgfm: growth_head must be one of {GROWTH_HEADS}, got {self.growth_head!r}.")
         if not (0.0 <= float(self.warmup) <= 1.0):
             raise ValueError(f"vgfm: warmup must be a fraction in [0, 1], got {self.warmup!r}.")
         self.check_ints(("num_threads",), minimum=0, prefix="vgfm: ")
-        self.check_ints(("ot_block_size", "ot_refresh", "ot_iter", "phase2_batch", "ode_steps"), prefix="vgfm: ")
+        self.check_ints(("ot_block_size", "ot_refresh", "ot_iter", "phase2_batch", "phase2_every", "ode_steps"),
+                        prefix="vgfm: ")
+
+    @classmethod
+    def from_saved(cls, params):
+        # files written before these settings existed hold a separate growth network trained with Euler steps
+        return cls.from_params({"growth_head": "separate", "ode_solver": "euler", **params})
 
 
 def semi_relaxed_plan(
@@ -305,8 +329,11 @@ class VGFM(BaseMethod):
 
     def __init__(self, dim, config, meta=None):
         super().__init__(dim, config, meta)
-        self.net = VectorField(dim, width=config.width, depth=config.depth, act=config.activation)
-        self.growth_net = GrowthHead(dim, width=config.width, depth=config.depth, act=config.activation)
+        shared = config.growth_head == "shared"
+        self.net = VectorField(dim, width=config.width, depth=config.depth, act=config.activation,
+                               n_out=dim + 1 if shared else None)
+        self.growth_net = None if shared else GrowthHead(dim, width=config.width, depth=config.depth,
+                                                         act=config.activation)
 
     # -- hooks -------------------------------------------------------------------------------------------------
     @classmethod
@@ -343,10 +370,17 @@ class VGFM(BaseMethod):
 
     # -- dynamics ----------------------------------------------------------------------------------------------
     def velocity(self, x, tau, cond=None):
-        return self.net(x, tau)
+        return self.net(x, tau) if self.growth_net is not None else self.net(x, tau)[:, : self.dim]
 
     def growth(self, x, tau, cond=None):
-        return self.growth_net(x, tau)
+        return self.growth_net(x, tau) if self.growth_net is not None else self.net(x, tau)[:, self.dim]
+
+    def velocity_growth(self, x, tau):
+        """``(v, g)`` at ``(x, tau)``: one evaluation of the shared network, or one of each network."""
+        if self.growth_net is None:
+            out = self.net(x, tau)
+            return out[:, : self.dim], out[:, self.dim]
+        return self.net(x, tau), self.growth_net(x, tau)
 
     # -- training ----------------------------------------------------------------------------------------------
     def make_samplers(self, data: FitData, batch_size: int, rng: np.random.Generator,
@@ -409,16 +443,14 @@ class VGFM(BaseMethod):
                 refill(min(chunk, n_steps - step))
             s = buf["s"][j]
             xt, ut = path.sample(X_all[buf["i0"][j]], X_all[buf["i1"][j]], s, buf["noise"][j])
-            tt = t_lo + s * t_dt
-            lv = torch.mean((self.net(xt, tt) - ut / t_dt[:, None]) ** 2)
-            lg = torch.mean((self.growth_net(xt, tt) - buf["g"][j]) ** 2)
-            return lv, lg
+            v, g = self.velocity_growth(xt, t_lo + s * t_dt)
+            return torch.mean((v - ut / t_dt[:, None]) ** 2), torch.mean((g - buf["g"][j]) ** 2)
 
         def fitting_loss():
             import ot
 
             # every interval's cells are integrated together, each row on its own interval's time grid: one network
-            # evaluation per Euler step for all intervals instead of one per interval (the same Euler scheme)
+            # evaluation per stage for all intervals instead of one per interval
             x0s, x1s, t0s, hs = [], [], [], []
             for k in range(len(X) - 1):
                 m0, m1 = min(cfg.phase2_batch, len(X[k])), min(cfg.phase2_batch, len(X[k + 1]))
@@ -427,11 +459,8 @@ class VGFM(BaseMethod):
                 t0s.append(torch.full((m0,), tau[k], device=device, dtype=x0s[-1].dtype))
                 hs.append(torch.full((m0,), (tau[k + 1] - tau[k]) / cfg.ode_steps, device=device,
                                      dtype=x0s[-1].dtype))
-            x, t0, h = torch.cat(x0s), torch.cat(t0s), torch.cat(hs)
-            lw = torch.zeros(len(x), device=device, dtype=x.dtype)
-            for i in range(cfg.ode_steps):
-                t = t0 + i * h
-                x, lw = x + h[:, None] * self.net(x, t), lw + h * self.growth_net(x, t)
+            x, lw = fixed_step_mass(self.velocity_growth, torch.cat(x0s), torch.cat(t0s), torch.cat(hs),
+                                    cfg.ode_steps, scheme=cfg.ode_solver)
             w1s, mls = [], []
             for k, (xp, w) in enumerate(zip(torch.split(x, [len(z) for z in x0s]),
                                             torch.split(torch.exp(lw), [len(z) for z in x0s]), strict=True)):
@@ -447,10 +476,11 @@ class VGFM(BaseMethod):
             lv, lg = matching_loss(step)
             out = {"loss": lv + cfg.growth_weight * lg, "velocity_loss": lv, "growth_loss": lg}
             if cfg.phase2:
-                if step >= n_warm:
+                if step >= n_warm and (step - n_warm) % cfg.phase2_every == 0:
+                    # on every phase2_every-th step, weighted by phase2_every: the same loss in expectation over steps
                     w1, ml = fitting_loss()
-                    out["loss"] = out["loss"] + cfg.lambda_ot * w1 + cfg.lambda_mass * ml
-                else:  # logged as NaN during the warm-up so every history entry has one value per step
+                    out["loss"] = out["loss"] + cfg.phase2_every * (cfg.lambda_ot * w1 + cfg.lambda_mass * ml)
+                else:  # logged as NaN on steps without it so every history entry has one value per step
                     w1 = ml = torch.tensor(float("nan"))
                 out["w1_loss"], out["mass_loss"] = w1, ml
             return out
