@@ -90,6 +90,28 @@ def test_entropic_plan_where_plain_sinkhorn_stalls():
     assert np.abs((L - f[:, None] - g[None, :]) * w).max() < 1e-3
 
 
+def test_entropic_plan_truncated_kernel_is_the_dense_plan(monkeypatch):
+    # at a small reg in 10-d the plan is sparse: the last stage runs on the truncated kernel, and gives the plan of the
+    # dense iterations
+    rng = np.random.default_rng(6)
+    x0, x1 = rng.normal(size=(120, 10)), rng.normal(size=(100, 10)) + 0.3
+    a, b = np.full(120, 1 / 120), np.full(100, 1 / 100)
+    used = []
+    real = couplings._sparse_sinkhorn
+
+    def spy(*args, **kw):
+        used.append(real(*args, **kw))
+        return used[-1]
+
+    monkeypatch.setattr(couplings, "_sparse_sinkhorn", spy)
+    sparse = couplings.entropic_plan(x0, x1, reg=0.02, tol=1e-5)
+    assert len(used) == 1 and used[0] is not None
+    dense = couplings.entropic_plan(x0, x1, reg=0.02, tol=1e-5, trunc=0)
+    assert len(used) == 1  # trunc=0: dense iterations only
+    assert _marginal_l1(sparse, a, b) <= 1e-5 and _marginal_l1(dense, a, b) <= 1e-5
+    assert np.abs(sparse - dense).sum() < 1e-5
+
+
 def test_entropic_plan_falls_back_to_the_log_domain(monkeypatch):
     import ot
 
