@@ -48,37 +48,43 @@ RAW = RESULTS / "sbcfm_raw_unnamed.json"  # set per run in main(): one file per 
 
 
 SPEED_NOTES = """\
-- Acceptance (issue 15, item 2: sbcfm <= 1.5x otcfm's CPU at the same W1), `after-83aca3b` against
-  `before-022dfd8`, seeds 0-2 each, both runs on the same machine five minutes apart at a similar load (1-min load
-  average 5.5-9.3 on 2 cores): hematopoiesis 1.62x / 0.97x -> 0.93x / 0.81x (full / LOO), EB 5-d 1.96x / 1.88x ->
-  1.32x / 1.32x, EB 50-d 2.20x / 2.04x -> 1.47x / 1.48x. Met on all three; on EB 50-d with little margin.
-- W1 is unchanged: the mean over seeds moves by at most 0.001 (hematopoiesis ODE 0.3934 -> 0.3943, SDE 0.3885 ->
-  0.3894; EB 5-d 3.9552 -> 3.9553 and 3.9484 -> 3.9483; EB 50-d 12.1791 -> 12.1784 and 12.1901 -> 12.1891), against
-  seed-to-seed sd of 0.014-0.05. otcfm's W1 is identical in both runs (its code did not change).
+- Acceptance (issue 15, item 2: sbcfm <= 1.5x otcfm's CPU at the same W1): `after-45c99c6` (main's final solver)
+  against `before-022dfd8`, seeds 0-2 each: hematopoiesis 1.62x / 0.97x -> 0.97x / 0.82x (full / LOO), EB 5-d
+  1.96x / 1.88x -> 1.31x / 1.27x, EB 50-d 2.20x / 2.04x -> 1.34x / 1.36x. Met on all three data sets. The runs were
+  30 minutes apart on the shared 2-core machine, at a 1-min load of 5.5-8.8 (before) and 11.5-13.5 (after): the
+  ratios compare two fits of the same process, so the load moves both; `after-83aca3b` (the solver without the
+  truncated last stage, load 8.4-9.3) had EB 50-d at 1.47x / 1.48x.
+- W1 is unchanged: the means over seeds move by at most 0.001 (hematopoiesis ODE 0.3934 -> 0.3943, SDE 0.3885 ->
+  0.3894; EB 5-d 3.9552 -> 3.9556 and 3.9484 -> 3.9486; EB 50-d 12.1791 -> 12.1786 and 12.1901 -> 12.1891), against
+  seed-to-seed sd of 0.014-0.05. otcfm's W1 is identical in all runs (its code did not change).
 - What changed (`sctraj.engine.couplings.entropic_plan`): the chain "plain Sinkhorn in single, then double precision,
   then POT's epsilon scaling" became one epsilon scaling over POT's plain Sinkhorn: stages at reg * 2^k from about
   the largest cost down to reg, each warm-started by absorbing the previous stage's dual potentials into the cost (so
-  the kernel cannot under- or overflow and single precision is safe), stopped when the plan's marginals are within
-  1e-4 in L1. At reg = 0.02 on EB the plain attempts ran their full 2000 iterations without reaching the marginals,
-  then POT's epsilon scaling ran at least 35 x 100 stabilised iterations (its fixed minimum) to an accuracy ten times
-  finer than the one asked for: POT's epsilon scaling alone took 0.26-0.82 CPU s per EB plan against 0.06-0.23 s
-  for the new solver (table above; on hematopoiesis blocks the old chain's double-precision attempt converged, in
-  about 0.07-0.14 s, and the new solver takes 0.04-0.06 s, more blocks being solved per full fit). The plan
-  differs from one solved to 1e-8 by 3e-4 to 1.4e-3 in L1 (a total-variation distance of the pair law below 7e-4).
+  the kernel cannot under- or overflow and single precision is safe), the last stopped when the plan's marginals are
+  within 1e-4 in L1. When the last stage's kernel is sparse (at most 10% of its entries above exp(-50): 5-16% on
+  the EB 5-d intervals, so three of four; 0.5% on EB 50-d; 24-43% on hematopoiesis blocks, which stay dense) that
+  stage iterates on the truncated kernel as a `scipy.sparse` matrix (`after-45c99c6`), and the dense plan rebuilt
+  from its potentials must meet the same tolerance. At reg = 0.02 on EB the old plain attempts ran their full 2000 iterations without reaching the
+  marginals, then POT's epsilon scaling ran at least 35 x 100 stabilised iterations (its fixed minimum) to an
+  accuracy ten times finer than the one asked for: POT's epsilon scaling alone takes 0.28-0.83 CPU s per EB plan
+  against 0.05-0.09 s for the new solver (table above; on hematopoiesis blocks the old chain's double-precision
+  attempt converged, and the new solver takes 0.05-0.07 s). The plans differ from ones solved to 1e-8 by 3e-4 to
+  1.4e-3 in L1 (a total-variation distance of the pair law below 7e-4; POT's epsilon scaling: 3e-5 to 2e-3).
   No POT warning reaches the user any more: the plans are solved in background threads, where the old chain's
   `warnings.catch_warnings()` raced (it is not thread-safe) and let "Sinkhorn did not converge" through
   (`tutorials/method_comparison.ipynb` filtered it); the new solver calls POT with `warn=False` on a kernel that
   cannot underflow, and `tests/test_engine.py` runs a fit with warnings as errors.
-- Where the rest of sbcfm's cost goes (EB 50-d full fit, seed 0, one process, load ~9, three repeats, CPU s):
-  otcfm 3.8; sbcfm with its plans replaced by exact ones and no score head 3.9-4.1 (the Brownian-bridge path), with
-  the score head 4.8-5.0, with its entropic plans (the default) 5.6-5.7. The score head doubles the output layer
-  (50 -> 100 outputs beside 64 hidden units), about 20% more network arithmetic at 50 dims and nothing noticeable at
-  2 or 5; merging the two losses into one residual tensor saved nothing measurable and was not kept. The four
-  entropic plans cost about 0.8 s there, the score head about as much.
+- Where the rest of sbcfm's cost goes (EB 50-d full fit, seed 0, one process, load ~9, three repeats, CPU s, with
+  the solver of `83aca3b`): otcfm 3.8; sbcfm with its plans replaced by exact ones and no score head 3.9-4.1 (the
+  Brownian-bridge path), with the score head 4.8-5.0, with its entropic plans (the default) 5.6-5.7. The score head
+  doubles the output layer (50 -> 100 outputs beside 64 hidden units): a 3 x 64 MLP step on 1,024 rows takes 1.90
+  instead of 1.70 ms, and the two losses add a few element-wise operations; merging the losses into one residual
+  tensor saved nothing measurable and was not kept. At 2 or 5 dims the head costs little. With the truncated last
+  stage the four EB 50-d plans cost about 0.35 s per fit, less than the score head.
 - Protocol: each run first fits both methods once on 60 simulated cells, unmeasured (the first fit of a process
   imports torch's and POT's modules: this had added about 1 s to the first measured otcfm fit before). CPU seconds
   are process CPU time (all threads, so the background plan threads count); wall time measures the machine's load.
-  The `after` run was labelled `after` on the command line and renamed `after-83aca3b` in its raw rows.
+  The `after-83aca3b` run was labelled `after` on the command line and renamed in its raw rows.
 - Earlier versions of this page (runs of 06:43 UTC at a load of 25-43 with 1-2 seeds, and the numbers quoted in
   issue 15) are superseded by these rows; their raw files are in git history (`sbcfm_raw_speed_*.json` at
   `022dfd8`)."""
