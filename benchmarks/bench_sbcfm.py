@@ -84,7 +84,9 @@ SPEED_NOTES = """\
 - Protocol: each run first fits both methods once on 60 simulated cells, unmeasured (the first fit of a process
   imports torch's and POT's modules: this had added about 1 s to the first measured otcfm fit before). CPU seconds
   are process CPU time (all threads, so the background plan threads count); wall time measures the machine's load.
-  The `after-83aca3b` run was labelled `after` on the command line and renamed in its raw rows.
+  The `after-83aca3b` run was labelled `after` on the command line and renamed in its raw rows. `45c99c6` was the
+  branch commit measured; rebased onto main it is `7085c95`, with the same `sctraj/` code (`git diff 45c99c6
+  7085c95 -- sctraj/engine/couplings.py sctraj/models/cfm.py` is empty; the branch commit is not on main).
 - Earlier versions of this page (runs of 06:43 UTC at a load of 25-43 with 1-2 seeds, and the numbers quoted in
   issue 15) are superseded by these rows; their raw files are in git history (`sbcfm_raw_speed_*.json` at
   `022dfd8`)."""
