@@ -70,7 +70,10 @@ def loo_with_mass(a, key: str, method: str, rep: str, n_dims, held: float, seed:
     out = {"fit_seconds": float(m.setup["fit_seconds"])}
     rec = a.uns["sctraj"]
     if "mass" in rec:
-        out["loo_mass_error"] = float(np.asarray(rec["mass"]["relative_error"], float)[1:].mean())
+        mass = rec["mass"]
+        out["loo_mass_error"] = float(np.asarray(mass["relative_error"], float)[1:].mean())
+        out["loo_mass_signed"] = float((np.asarray(mass["predicted_at_observed"], float)
+                                        / np.asarray(mass["observed"], float) - 1)[1:].mean())
     pred = sctraj.tl.predict(a, m, source_time=prev, target_time=held, n_steps=100)
     w = pred.obs["weight"].to_numpy() if m.has_growth else None
     P = np.asarray(pred.obsm[rep])[:, : m.dim]
@@ -94,8 +97,10 @@ def one(name: str, method: str, kind: str, seed: int, variants: dict | None = No
                                trajectory_n_grid=0, **params)
         rec = a.uns["sctraj"]
         if "mass" in rec:
-            err = np.asarray(rec["mass"]["relative_error"], float)[1:]
-            row["mass_error"] = float(err.mean())
+            mass = rec["mass"]
+            row["mass_error"] = float(np.asarray(mass["relative_error"], float)[1:].mean())
+            row["mass_signed"] = float((np.asarray(mass["predicted_at_observed"], float)
+                                        / np.asarray(mass["observed"], float) - 1)[1:].mean())
         row["fit_seconds"] = float(m.setup["fit_seconds"])
     elif loo_mass and sctraj.models.get_method(method).has_growth:
         row.update(loo_with_mass(a, key, method, rep, n_dims, held, seed, params))

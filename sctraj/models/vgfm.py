@@ -116,12 +116,12 @@ class VGFMConfig(MethodConfig):
     ot_refresh: int = 500
     ot_iter: int = 1000
     phase2: bool = True
-    warmup: float = 0.8
-    phase2_batch: int = 256
-    phase2_every: int = 1
-    ode_steps: int = 10
-    ode_solver: str = "euler"
-    growth_head: str = "separate"
+    warmup: float = 0.7
+    phase2_batch: int = 128
+    phase2_every: int = 6
+    ode_steps: int = 2
+    ode_solver: str = "heun"
+    growth_head: str = "shared"
     lambda_ot: float = 1.0
     lambda_mass: float = 1.0
     num_threads: int = 1
@@ -152,7 +152,7 @@ class VGFMConfig(MethodConfig):
     @classmethod
     def from_saved(cls, params):
         # files written before these settings existed hold a separate growth network trained with Euler steps
-        return cls.from_params({"growth_head": "separate", "ode_solver": "euler", **params})
+        return cls.from_params({"growth_head": "separate", "ode_solver": "euler", "phase2_every": 1, **params})
 
 
 def semi_relaxed_plan(
