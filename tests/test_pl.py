@@ -441,6 +441,20 @@ def test_training_marks_phase_two(fitted, tmp_path):
     check_image(sctraj.pl.training(fitted, return_fig=True), "training_phases", tmp_path)
 
 
+def test_training_draws_a_term_logged_every_few_steps(fitted):
+    """vgfm logs its distribution-fitting terms on every phase2_every-th step (NaN between): they are drawn."""
+    a = fitted.copy()
+    h = a.uns["sctraj"]["history"]
+    w1 = np.full(200, np.nan, np.float32)
+    w1[120::6] = 0.3 + 0.05 * np.exp(-np.arange(len(w1[120::6])) / 5)
+    h["w1_loss"] = w1
+    ax = sctraj.pl.training(a, keys="w1_loss", show=False)
+    drawn = [line for line in ax.get_lines() if np.isfinite(np.asarray(line.get_ydata(), float)).sum() > 2]
+    assert len(drawn) == 2  # the raw values and their moving average (besides the phase-2 marker)
+    assert np.allclose(drawn[0].get_xdata(), np.arange(121, 201, 6))
+    plt.close(ax.figure)
+
+
 def test_image_grid_of_panels_with_ax(fitted, tmp_path):
     """Four sctraj panels drawn into one constrained-layout grid with ax=: nothing overlaps or is cut off."""
     sctraj.tl.velocity_embedding(fitted, basis="umap")

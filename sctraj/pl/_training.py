@@ -103,10 +103,16 @@ def training(
         fig, axs = ax.figure, [ax] * len(names)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (a, name) in enumerate(zip(axs, names, strict=True)):
-        y = hist[name]
-        w = smooth if smooth is not None else max(1, len(y) // 50)
+        y_all = hist[name]
+        # steps where a term was not computed are logged as NaN (vgfm's warm-up, and the steps between its
+        # distribution-fitting evaluations): draw the steps that have a value
+        fin = np.isfinite(y_all)
+        x, y = np.arange(1, len(y_all) + 1)[fin], y_all[fin]
+        if not len(y):
+            continue
+        w = smooth if smooth is not None else max(1, len(y_all) // 50)  # in steps
+        w = max(1, round(w * len(y) / (x[-1] - x[0] + 1)))  # in drawn values
         col = cycle[i % len(cycle)]
-        x = np.arange(1, len(y) + 1)
         a.plot(x, y, color=col, alpha=0.25, lw=0.8)
         a.plot(x, _smooth(y, int(w)), color=col, lw=1.8, label=name)
         use_log = log if log is not None else bool((y > 0).all() and y.max() > 10 * y.min())
@@ -119,7 +125,7 @@ def training(
                 a.yaxis.set_minor_formatter(fmt)
             else:
                 a.yaxis.set_minor_formatter(mticker.NullFormatter())
-        if phase2 is not None and len(y) == n_main and not name.startswith("geopath"):
+        if phase2 is not None and len(y_all) == n_main and not name.startswith("geopath"):
             a.axvline(phase2, color="0.4", ls=":", lw=1)
             a.annotate("phase 2:\nfit through\nthe ODE", (phase2, 1), xycoords=("data", "axes fraction"),
                        xytext=(3, -2), textcoords="offset points", ha="left", va="top", fontsize="x-small",
