@@ -55,6 +55,8 @@ CONFIGS: dict[str, dict] = {
     "path_reuse2": {"path_reuse": 2},
     "landmarks512": {"land_max_points": 512},
     "fast": {"path_reuse": 2, "land_max_points": 512},
+    "notime_fast": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512},
+    "notime_fast_g250": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512, "geopath_steps": 250},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {"land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3, "geopath_normalise": "global",
                      "geopath_lr": 1e-4},

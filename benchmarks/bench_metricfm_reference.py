@@ -16,6 +16,9 @@ Setup (once; nothing of the reference is committed)::
     # the reference source (commit c58400b), unpacked into benchmarks/_work/mfm_ref_src (git-ignored)
 
 Usage: ``python benchmarks/bench_metricfm_reference.py --datasets eb hema ipsc --seeds 0 1 2 --out raw.json``
+
+Time to quality: ``--steps 250 500 1000`` also fits sctraj's ``metricfm`` with each of these step counts (rows
+``metricfm@N``), so the CPU seconds at which it reaches the reference's W1 can be read off in the same run.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--heldout-index", type=int, nargs="+", default=None, help="only these held-out indices")
     ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: reference metricfm otcfm")
+    ap.add_argument("--steps", type=int, nargs="*", default=[],
+                    help="time to quality: also fit sctraj's metricfm with each of these n_steps (rows 'metricfm@N')")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import torch
@@ -93,7 +98,7 @@ def main():
         for hi in interior:
             h = float(times[hi])
             for s in args.seeds:
-                for method in ("reference", "metricfm", "otcfm"):
+                for method in ("reference", "metricfm", "otcfm", *[f"metricfm@{n}" for n in args.steps]):
                     if method in args.skip or (method, name, h, s) in done:
                         continue
                     if method == "reference":
@@ -102,9 +107,10 @@ def main():
                                "detail": {k: r[k] for k in ("geopath_epochs", "flow_epochs", "geopath_cpu_s")}}
                     else:
                         c0, w0 = time.process_time(), time.perf_counter()
-                        model = sctraj.tl.fit_flow(a, key, method=method, use_rep=rep, exclude_times=[h],
+                        m, _, n = method.partition("@")
+                        model = sctraj.tl.fit_flow(a, key, method=m, use_rep=rep, exclude_times=[h],
                                                    random_state=s, progress=False, trajectory_n_grid=0,
-                                                   key_added="_bench")
+                                                   key_added="_bench", **({"n_steps": int(n)} if n else {}))
                         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
                         p = sctraj.tl.predict(a, model, source_time=float(times[hi - 1]), target_time=h)
                         w1 = sctraj.tl.evaluate(p.obsm[rep], X[t == h], random_state=s)["W1"]

@@ -203,12 +203,16 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 def _act_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Derivative of an activation module (those of :mod:`sctraj.engine.nn`) at ``pre``, given ``out = act(pre)``."""
+    # Piecewise derivatives by clamps and sign() rather than a boolean mask: masked_fill_ with a comparison mask was
+    # 5x slower on CPU and took a tenth of a default fit (a profile of EB 5-d).
     if isinstance(act, nn.SELU):  # scale for x > 0, scale * alpha * e^x = out + scale * alpha otherwise
-        return (out + _SELU_SCALE * _SELU_ALPHA).masked_fill_(pre > 0, _SELU_SCALE)
-    if isinstance(act, nn.ELU):
-        return (out + act.alpha).masked_fill_(pre > 0, 1.0)
+        sa = _SELU_SCALE * _SELU_ALPHA
+        return (out + sa).clamp_max_(sa).sub_(torch.sign(pre.clamp_min(0.0)), alpha=sa - _SELU_SCALE)
+    if isinstance(act, nn.ELU):  # 1 for x > 0, alpha e^x = out + alpha otherwise
+        a = float(act.alpha)
+        return (out + a).clamp_max_(a).sub_(torch.sign(pre.clamp_min(0.0)), alpha=a - 1.0)
     if isinstance(act, nn.ReLU):
-        return (pre > 0).to(pre.dtype)
+        return torch.sign(pre.clamp_min(0.0))
     if isinstance(act, nn.Tanh):
         return 1 - out * out
     if isinstance(act, nn.SiLU):
