@@ -84,7 +84,8 @@ def main(inp, out):
            "velocity_metric": "land", "patience": 5, "rho": 0.001, "alpha_metric": 2, "mfm": True}
     for k, v in cfg.items():
         setattr(args, k, v)
-    for k in ("gamma", "rho", "alpha_metric", "sigma", "patience", "patience_geopath", "geopath_lr", "epochs"):
+    for k in ("gamma", "rho", "alpha_metric", "sigma", "patience", "patience_geopath", "geopath_lr", "epochs",
+              "batch_size"):
         if f"ov_{k}" in d:
             setattr(args, k, d[f"ov_{k}"].item())
     args.gamma_current = float(d["ov_gamma"]) if "ov_gamma" in d else 0.125

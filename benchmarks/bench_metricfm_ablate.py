@@ -7,6 +7,7 @@ process with the same seeds, and each row reports the mean W1 over held-out time
 Usage::
 
     python benchmarks/bench_metricfm_ablate.py --configs default alpha2 --seeds 0 1 2 --out results.json
+    python benchmarks/bench_metricfm_ablate.py --report results.json more.json   # the markdown table
 
 Datasets: EB (bundled subset, first 5 PCs standardised, held-out days 7.5 / 13.5 / 19.5), iPSC (``X_emb``, 4-d,
 held-out 1-6), hematopoiesis (``X_emb``, 2-d, held-out day 4). Writes raw rows to ``--out`` (JSON) as it goes.
@@ -55,6 +56,9 @@ CONFIGS: dict[str, dict] = {
     "path_reuse2": {"path_reuse": 2},
     "landmarks512": {"land_max_points": 512},
     "fast": {"path_reuse": 2, "land_max_points": 512},
+    "notime_reuse2": {"geopath_time": False, "path_reuse": 2},
+    "notime_reuse2_gb128": {"geopath_time": False, "path_reuse": 2, "geopath_batch_size": 128},
+    "notime_lm512": {"geopath_time": False, "land_max_points": 512},
     "notime_fast": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512},
     "notime_fast_g250": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512, "geopath_steps": 250},
     # the reference's EB configuration, as far as it maps onto sctraj
@@ -87,7 +91,13 @@ def main():
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--no-otcfm", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                    help="print the markdown table of these raw-row files and exit (no fits)")
     args = ap.parse_args()
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(Path(f).read_text())]
+        summarise(rows, markdown=True)
+        return
     import sctraj
 
     rows = []
@@ -117,19 +127,41 @@ def main():
     summarise(rows)
 
 
-def summarise(rows):
+def summarise(rows, markdown=False):
+    """Mean W1 per config and dataset (over held-out times and seeds), its ratio to ``otcfm`` and to ``default``.
+
+    A row's latest measurement wins when a (config, dataset, held-out, seed) fold appears twice (runs are
+    deterministic per seed, so repeats agree).
+    """
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).drop_duplicates(["config", "dataset", "heldout", "seed"], keep="last")
     per = df.groupby(["config", "dataset"])["W1"].mean().unstack("dataset")
     if "otcfm" not in per.index:
         print(per.round(4).to_markdown())
         return
+    seeds = df.groupby(["config", "dataset"])["seed"].nunique().unstack("dataset")
     ratio = per / per.loc["otcfm"]
-    ratio["mean ratio"] = ratio.mean(1)
-    out = per.round(4).astype(str) + " (" + ratio[per.columns].round(3).astype(str) + ")"
-    out["mean ratio"] = ratio["mean ratio"].round(3)
-    print(out.sort_values("mean ratio").to_markdown())
+    mean_ratio = ratio.mean(1)
+    if not markdown:
+        out = per.round(4).astype(str) + " (" + ratio[per.columns].round(3).astype(str) + ")"
+        out["mean ratio"] = mean_ratio.round(3)
+        print(out.sort_values("mean ratio").to_markdown())
+        return
+    cols = [c for c in ("eb", "ipsc", "hema") if c in per.columns]
+    names = {"eb": "EB 5-d", "ipsc": "iPSC", "hema": "hematopoiesis"}
+    head = ["config", "change"] + [f"{names[c]}: W1 (/ otcfm) [seeds]" for c in cols] + ["mean / otcfm",
+                                                                                         "mean / default"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cfg in mean_ratio.sort_values().index:
+        change = "–" if cfg in ("default", "otcfm") else ", ".join(f"`{k}={v!r}`" for k, v in CONFIGS[cfg].items())
+        if cfg == "otcfm":
+            change = "`otcfm` (defaults)"
+        cells = [f"{per.loc[cfg, c]:.4f} ({ratio.loc[cfg, c]:.3f}) [{int(seeds.loc[cfg, c])}]"
+                 if pd.notna(per.loc[cfg, c]) else "–" for c in cols]
+        rel = f"{mean_ratio[cfg] / mean_ratio['default']:.3f}" if "default" in mean_ratio else "–"
+        print(f"| `{cfg}` | {change} | " + " | ".join(cells) + f" | {mean_ratio[cfg]:.3f} | {rel} |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--heldout-index", type=int, nargs="+", default=None, help="only these held-out indices")
     ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: reference metricfm otcfm")
+    ap.add_argument("--ref-batch-size", type=int, default=None,
+                    help="the reference's batch size (default: its 128). Its data module needs every snapshot to keep "
+                         "at least this many training cells after its validation split (iPSC's smallest has 93 "
+                         "cells: use 32)")
     ap.add_argument("--steps", type=int, nargs="*", default=[],
                     help="time to quality: also fit sctraj's metricfm with each of these n_steps (rows 'metricfm@N')")
     ap.add_argument("--out", default=None)
@@ -102,7 +106,8 @@ def main():
                     if method in args.skip or (method, name, h, s) in done:
                         continue
                     if method == "reference":
-                        r = run_reference(X, np.searchsorted(times, t), hi, s)
+                        ov = {} if args.ref_batch_size is None else {"batch_size": args.ref_batch_size}
+                        r = run_reference(X, np.searchsorted(times, t), hi, s, overrides=ov)
                         row = {"W1": r["W1"], "cpu_s": r["cpu_s"], "wall_s": r["wall_s"],
                                "detail": {k: r[k] for k in ("geopath_epochs", "flow_epochs", "geopath_cpu_s")}}
                     else:

@@ -89,6 +89,8 @@ def test_config_validation():
             MetricFMConfig(land_gamma=bad)
     with pytest.raises(ValueError, match="land_gamma_scale"):
         MetricFMConfig(land_gamma_scale=0)
+    with pytest.raises(ValueError, match="geopath_batch_size"):
+        MetricFMConfig(geopath_batch_size=0)
 
 
 def test_land_bandwidth_follows_scotts_rule_per_interval():

@@ -100,6 +100,9 @@ class MetricFMConfig(MethodConfig):
         Learning rate of the interpolant.
     geopath_width
         Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
+    geopath_batch_size
+        Pairs per interval in each stage-1 step; ``None`` uses the fit's ``batch_size``. The metric is evaluated at
+        every one of them, so stage 1's cost is proportional to it.
     geopath_time
         Whether ``phi`` sees the global time (the reference's ``time_geopath``).
     geopath_normalise
@@ -141,6 +144,7 @@ class MetricFMConfig(MethodConfig):
     geopath_steps: int | None = None
     geopath_lr: float = 1e-3
     geopath_width: int | None = None
+    geopath_batch_size: int | None = None
     geopath_time: bool = True
     geopath_normalise: str = "interval"
     geopath_val_fraction: float = 0.0
@@ -178,8 +182,9 @@ class MetricFMConfig(MethodConfig):
             raise ValueError(f"metric_eps must be a positive number or 'auto', got {e!r}.")
         if self.geopath_steps is not None:
             self.check_ints(("geopath_steps",), minimum=0)
-        if self.geopath_width is not None:
-            self.check_ints(("geopath_width",))
+        for name in ("geopath_width", "geopath_batch_size"):
+            if getattr(self, name) is not None:
+                self.check_ints((name,))
         self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
@@ -396,6 +401,7 @@ class MetricFM(BaseMethod):
                 "fit it through sctraj.tl.fit_flow."
             )
         B, d = batch_size, data.dim
+        Bg = B if cfg.geopath_batch_size is None else int(cfg.geopath_batch_size)
         # ---- metrics, one per interval, from the cells of its two snapshots (or of all snapshots) -------------
         for k, m in enumerate(self.metrics):
             Xk = np.concatenate(data.X if cfg.metric_cells == "all" else [data.X[k], data.X[k + 1]])
@@ -458,7 +464,7 @@ class MetricFM(BaseMethod):
                     return x0, x1, s, t0, dt
 
                 with torch.no_grad():  # energy of the straight interpolant, per interval (normaliser)
-                    x0, x1, s, _, _ = batch(samplers, tr, 4 * B, gen)
+                    x0, x1, s, _, _ = batch(samplers, tr, 4 * Bg, gen)
                     e0 = energies((1 - s[:, None]) * x0 + s[:, None] * x1, x1 - x0)
                     e0 = distributed.mean(e0).clamp_min(1e-12)  # (averaged over the ranks of a data-parallel fit)
                     e0_global = e0.mean()
@@ -470,7 +476,7 @@ class MetricFM(BaseMethod):
                                                     full_size=cfg.ot_full_size, background=False,
                                                     rng=np.random.default_rng(rng.integers(2**63)))
                               for k in range(n_int)]
-                        val = batch(vs, vi, 2 * B, gen)
+                        val = batch(vs, vi, 2 * Bg, gen)
                         for v in vs:
                             v.close()
 
@@ -478,7 +484,7 @@ class MetricFM(BaseMethod):
                     return (e / e0).mean() if cfg.geopath_normalise == "interval" else e.mean() / e0_global
 
                 def geo_loss(step):
-                    x0, x1, s, t0, dt = batch(samplers, tr, B, gen)
+                    x0, x1, s, t0, dt = batch(samplers, tr, Bg, gen)
                     xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt)
                     return {"loss": rel_energy(energies(xt, ut))}
 
