@@ -181,6 +181,16 @@ def test_interpolant_without_time_input():
     torch.testing.assert_close(ut, fd, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("use_time", [False, True])
+def test_path_network_time_input_default_and_option(use_time):
+    """The default path network has no time input; geopath_time=True (the reference's time_geopath) still fits."""
+    assert MetricFMConfig().geopath_time is False
+    a = _adata()
+    sctraj.tl.fit_flow(a, "time", method="metricfm", geopath_time=use_time, **TINY)
+    model = sctraj.tl.get_model(a)
+    assert model.method.interpolant.phi[0].in_features == 2 * a.obsm["X_pca"].shape[1] + int(use_time)
+
+
 def test_rbf_metric_adaptive_eps_follows_the_reference_rule():
     X = _ring()
     m = RBFMetric(2, 30, kappa=1.5, eps=None).fit(X, np.random.default_rng(0))
