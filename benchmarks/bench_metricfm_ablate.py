@@ -24,47 +24,65 @@ from pathlib import Path
 
 import numpy as np
 
+# rows measured with code before the fused LAND sum (commit 993d074), which changes fits at the rounding level only,
+# are marked in the report
+OLD_CODES = {"022dfd8", "c99d5c5"}
+
+# Every configuration states ``geopath_time`` explicitly: the default changed from ``True`` ("previous", the defaults
+# until 2026-12-02) to ``False`` ("default"), and rows are compared with the configuration they change one thing of.
+_T = {"geopath_time": True}
 CONFIGS: dict[str, dict] = {
-    "default": {},
+    "default": {},  # the current defaults (geopath_time=False)
+    "previous": dict(_T),  # the defaults before 2026-12-02
+    # one change each from "previous":
     # LAND bandwidth rule
-    "gamma0.125": {"land_gamma": 0.125},
-    "gamma0.2": {"land_gamma": 0.2},
-    "scott0.4": {"land_gamma_scale": 0.4},
-    "scott1.0": {"land_gamma_scale": 1.0},
+    "gamma0.125": {**_T, "land_gamma": 0.125},
+    "gamma0.2": {**_T, "land_gamma": 0.2},
+    "scott0.4": {**_T, "land_gamma_scale": 0.4},
+    "scott1.0": {**_T, "land_gamma_scale": 1.0},
     # exponent and epsilon
-    "alpha1": {"metric_alpha": 1.0},
-    "alpha2": {"metric_alpha": 2.0},
-    "eps1e-2": {"metric_eps": 1e-2},
-    "eps1e-1": {"metric_eps": 1e-1},
-    "alpha2_eps1e-2": {"metric_alpha": 2.0, "metric_eps": 1e-2},
+    "alpha2": {**_T, "metric_alpha": 2.0},
+    "eps1e-2": {**_T, "metric_eps": 1e-2},
+    "eps1e-1": {**_T, "metric_eps": 1e-1},
+    "alpha2_eps1e-2": {**_T, "metric_alpha": 2.0, "metric_eps": 1e-2},
     # long intervals: the metric from every fitted snapshot
-    "cells_all": {"metric_cells": "all"},
-    # stage 1: normalisation and steps
-    "norm_global": {"geopath_normalise": "global"},
-    "no_early_stop": {"geopath_val_fraction": 0.0},
-    "geo_steps_0": {"geopath_steps": 0},
-    "geo_lr1e-4": {"geopath_lr": 1e-4},
+    "cells_all": {**_T, "metric_cells": "all"},
+    # stage 1: normalisation, steps, early stopping
+    "norm_global": {**_T, "geopath_normalise": "global"},
+    "early_stop": {**_T, "geopath_val_fraction": 0.1},
+    "geo_steps_0": {**_T, "geopath_steps": 0},
+    "geo_lr1e-4": {**_T, "geopath_lr": 1e-4},
     # path network
-    "geo_width256": {"geopath_width": 256},
-    "geo_notime": {"geopath_time": False},
+    "geo_width256": {**_T, "geopath_width": 256},
+    "geo_notime": {"geopath_time": False},  # = "default"
     # coupling
-    "metric_ot": {"coupling": "metric_ot"},
+    "metric_ot": {**_T, "coupling": "metric_ot"},
     # sigma
-    "sigma0.05": {"sigma": 0.05},
-    "sigma0.2": {"sigma": 0.2},
+    "sigma0.05": {**_T, "sigma": 0.05},
+    "sigma0.2": {**_T, "sigma": 0.2},
     # cost: learned-path samples shared by two flow-matching steps, fewer LAND landmarks
-    "path_reuse2": {"path_reuse": 2},
-    "landmarks512": {"land_max_points": 512},
-    "fast": {"path_reuse": 2, "land_max_points": 512},
+    "path_reuse2": {**_T, "path_reuse": 2},
+    "landmarks512": {**_T, "land_max_points": 512},
+    "fast": {**_T, "path_reuse": 2, "land_max_points": 512},
+    # one or more changes from "geo_notime" (the current defaults):
+    "notime_eps1e-2": {"geopath_time": False, "metric_eps": 1e-2},
     "notime_reuse2": {"geopath_time": False, "path_reuse": 2},
     "notime_reuse2_gb128": {"geopath_time": False, "path_reuse": 2, "geopath_batch_size": 128},
     "notime_lm512": {"geopath_time": False, "land_max_points": 512},
     "notime_fast": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512},
     "notime_fast_g250": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512, "geopath_steps": 250},
     # the reference's EB configuration, as far as it maps onto sctraj
-    "reference_eb": {"land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3, "geopath_normalise": "global",
-                     "geopath_lr": 1e-4},
+    "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
+                     "geopath_normalise": "global", "geopath_lr": 1e-4},
 }
+
+
+def base_of(config: str) -> str:
+    """The configuration a row changes one thing of (for the ratio column)."""
+    if config in ("otcfm", "previous", "default", "geo_notime"):
+        return "previous"
+    return "previous" if CONFIGS[config].get("geopath_time", False) else "geo_notime"
+
 
 
 def datasets(names):
@@ -100,6 +118,10 @@ def main():
         return
     import sctraj
 
+    import subprocess
+
+    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
     rows = []
     if args.out and os.path.exists(args.out):
         rows = json.loads(Path(args.out).read_text())
@@ -117,7 +139,7 @@ def main():
                                              references=False, progress=False, **kw, **params)
                 cpu = time.process_time() - c0
                 for r in df.itertuples():
-                    rows.append({"config": cname, "dataset": name, "heldout": float(r.heldout), "seed": s,
+                    rows.append({"config": cname, "dataset": name, "heldout": float(r.heldout), "seed": s, "code": code,
                                  "W1": float(r.W1), "fit_s": float(r.fit_seconds), "cpu_s_total": cpu,
                                  "n_steps": int(r.n_train_steps), "load": os.getloadavg()[0]})
                 print(f"{cname:>16} {name:>5} seed={s} W1={df.W1.mean():.4f} cpu={cpu:.1f}s "
@@ -128,40 +150,59 @@ def main():
 
 
 def summarise(rows, markdown=False):
-    """Mean W1 per config and dataset (over held-out times and seeds), its ratio to ``otcfm`` and to ``default``.
+    """Mean W1 per config and dataset (over held-out times and seeds) and its ratios to ``otcfm`` and to the
+    configuration it changes (``base_of``), each ratio on the folds (held-out time, seed) both have.
 
-    A row's latest measurement wins when a (config, dataset, held-out, seed) fold appears twice (runs are
-    deterministic per seed, so repeats agree).
+    A fold measured twice keeps its latest row. Rows whose ``code`` is not ``NEW_CODE`` are marked with a dagger.
     """
     import pandas as pd
 
     df = pd.DataFrame(rows).drop_duplicates(["config", "dataset", "heldout", "seed"], keep="last")
-    per = df.groupby(["config", "dataset"])["W1"].mean().unstack("dataset")
-    if "otcfm" not in per.index:
-        print(per.round(4).to_markdown())
-        return
-    seeds = df.groupby(["config", "dataset"])["seed"].nunique().unstack("dataset")
-    ratio = per / per.loc["otcfm"]
-    mean_ratio = ratio.mean(1)
-    if not markdown:
-        out = per.round(4).astype(str) + " (" + ratio[per.columns].round(3).astype(str) + ")"
-        out["mean ratio"] = mean_ratio.round(3)
-        print(out.sort_values("mean ratio").to_markdown())
-        return
-    cols = [c for c in ("eb", "ipsc", "hema") if c in per.columns]
+    if "code" not in df:
+        df["code"] = ""
+    w = df.set_index(["config", "dataset", "heldout", "seed"])["W1"]
+    old = df[df.code.isin(OLD_CODES)].groupby(["config", "dataset"]).size()
+
+    def ratio(cfg, other, ds):
+        a = w.xs((cfg, ds), level=("config", "dataset"))
+        if (other, ds) not in w.index.droplevel(["heldout", "seed"]):
+            return float("nan")
+        b = w.xs((other, ds), level=("config", "dataset"))
+        common = a.index.intersection(b.index)
+        return float(a[common].mean() / b[common].mean()) if len(common) else float("nan")
+
+    configs = list(dict.fromkeys(df.config))
+    cols = [c for c in ("eb", "ipsc", "hema") if c in set(df.dataset)]
     names = {"eb": "EB 5-d", "ipsc": "iPSC", "hema": "hematopoiesis"}
-    head = ["config", "change"] + [f"{names[c]}: W1 (/ otcfm) [seeds]" for c in cols] + ["mean / otcfm",
-                                                                                         "mean / default"]
+    table = []
+    for cfg in configs:
+        cells, r_ot, r_base = [], [], []
+        for ds in cols:
+            sub = df[(df.config == cfg) & (df.dataset == ds)]
+            if sub.empty:
+                cells.append("–")
+                continue
+            ro, rb = ratio(cfg, "otcfm", ds), ratio(cfg, base_of(cfg), ds)
+            r_ot.append(ro)
+            r_base.append(rb)
+            mark = "†" if (cfg, ds) in old.index else ""
+            cells.append(f"{sub.W1.mean():.4f}{mark} ({ro:.3f} / {rb:.3f}) [{sub.seed.nunique()}]")
+        table.append((cfg, cells, float(np.nanmean(r_ot)), float(np.nanmean(r_base))))
+    table.sort(key=lambda r: r[2])
+    if not markdown:
+        for cfg, cells, ro, rb in table:
+            print(f"{cfg:>22} " + " | ".join(cells) + f" | {ro:.3f} | {rb:.3f}")
+        return
+    head = ["config", "change", "base"] + [f"{names[c]}: W1 (/ otcfm / base) [seeds]" for c in cols] + [
+        "mean / otcfm", "mean / base"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for cfg in mean_ratio.sort_values().index:
-        change = "–" if cfg in ("default", "otcfm") else ", ".join(f"`{k}={v!r}`" for k, v in CONFIGS[cfg].items())
-        if cfg == "otcfm":
-            change = "`otcfm` (defaults)"
-        cells = [f"{per.loc[cfg, c]:.4f} ({ratio.loc[cfg, c]:.3f}) [{int(seeds.loc[cfg, c])}]"
-                 if pd.notna(per.loc[cfg, c]) else "–" for c in cols]
-        rel = f"{mean_ratio[cfg] / mean_ratio['default']:.3f}" if "default" in mean_ratio else "–"
-        print(f"| `{cfg}` | {change} | " + " | ".join(cells) + f" | {mean_ratio[cfg]:.3f} | {rel} |")
+    for cfg, cells, ro, rb in table:
+        params = {k: v for k, v in CONFIGS.get(cfg, {}).items() if not (k == "geopath_time" and v is (base_of(cfg)
+                                                                                                  == "previous"))}
+        change = "`otcfm` (defaults)" if cfg == "otcfm" else (
+            ", ".join(f"`{k}={v!r}`" for k, v in params.items()) or "–")
+        print(f"| `{cfg}` | {change} | `{base_of(cfg)}` | " + " | ".join(cells) + f" | {ro:.3f} | {rb:.3f} |")
 
 
 if __name__ == "__main__":
