@@ -116,9 +116,9 @@ def main():
         rows = [r for f in args.report for r in json.loads(Path(f).read_text())]
         summarise(rows, markdown=True)
         return
-    import sctraj
-
     import subprocess
+
+    import sctraj
 
     code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent).stdout.strip()
