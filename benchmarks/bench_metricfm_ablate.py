@@ -198,8 +198,8 @@ def summarise(rows, markdown=False):
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for cfg, cells, ro, rb in table:
-        params = {k: v for k, v in CONFIGS.get(cfg, {}).items() if not (k == "geopath_time" and v is (base_of(cfg)
-                                                                                                  == "previous"))}
+        base = CONFIGS.get(base_of(cfg), {})
+        params = {k: v for k, v in CONFIGS.get(cfg, {}).items() if base.get(k, "unset") != v}  # what differs from base
         change = "`otcfm` (defaults)" if cfg == "otcfm" else (
             ", ".join(f"`{k}={v!r}`" for k, v in params.items()) or "–")
         print(f"| `{cfg}` | {change} | `{base_of(cfg)}` | " + " | ".join(cells) + f" | {ro:.3f} | {rb:.3f} |")

@@ -68,17 +68,22 @@ def loo_with_mass(a, key: str, method: str, rep: str, n_dims, held: float, seed:
     m = sctraj.tl.fit_flow(a, key, method=method, use_rep=rep, n_dims=n_dims, exclude_times=[held],
                            random_state=seed, progress=False, trajectory_n_grid=0, **params)
     out = {"fit_seconds": float(m.setup["fit_seconds"])}
-    rec = a.uns["sctraj"]
-    if "mass" in rec:
-        mass = rec["mass"]
-        out["loo_mass_error"] = float(np.asarray(mass["relative_error"], float)[1:].mean())
-        out["loo_mass_signed"] = float((np.asarray(mass["predicted_at_observed"], float)
-                                        / np.asarray(mass["observed"], float) - 1)[1:].mean())
+    out.update({f"loo_{k}": v for k, v in mass_errors(a.uns["sctraj"]).items()})
     pred = sctraj.tl.predict(a, m, source_time=prev, target_time=held, n_steps=100)
     w = pred.obs["weight"].to_numpy() if m.has_growth else None
     P = np.asarray(pred.obsm[rep])[:, : m.dim]
     out["W1"] = float(sctraj.tl.evaluate(P, X_true, weights=w, max_cells=10_000, random_state=seed)["W1"])
     return out
+
+
+def mass_errors(rec: dict) -> dict:
+    """Mean relative and signed error of the predicted total mass after the first time point (growth methods)."""
+    if "mass" not in rec:
+        return {}
+    mass = rec["mass"]
+    signed = np.asarray(mass["predicted_at_observed"], float) / np.asarray(mass["observed"], float) - 1
+    return {"mass_error": float(np.asarray(mass["relative_error"], float)[1:].mean()),
+            "mass_signed": float(signed[1:].mean())}
 
 
 def one(name: str, method: str, kind: str, seed: int, variants: dict | None = None, loo_mass: bool = False) -> dict:
@@ -95,12 +100,7 @@ def one(name: str, method: str, kind: str, seed: int, variants: dict | None = No
     if kind == "full":
         m = sctraj.tl.fit_flow(a, key, method=method, use_rep=rep, n_dims=n_dims, random_state=seed, progress=False,
                                trajectory_n_grid=0, **params)
-        rec = a.uns["sctraj"]
-        if "mass" in rec:
-            mass = rec["mass"]
-            row["mass_error"] = float(np.asarray(mass["relative_error"], float)[1:].mean())
-            row["mass_signed"] = float((np.asarray(mass["predicted_at_observed"], float)
-                                        / np.asarray(mass["observed"], float) - 1)[1:].mean())
+        row.update(mass_errors(a.uns["sctraj"]))
         row["fit_seconds"] = float(m.setup["fit_seconds"])
     elif loo_mass and sctraj.models.get_method(method).has_growth:
         row.update(loo_with_mass(a, key, method, rep, n_dims, held, seed, params))

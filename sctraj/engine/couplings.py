@@ -64,6 +64,26 @@ def uniform(n: int) -> np.ndarray:
     return np.full(n, 1.0 / n)
 
 
+def take_chunk(samplers, offset, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Pairs for ``n`` training steps of ``batch_size`` per interval, drawn from each interval's sampler in turn.
+
+    Returns global row indices into the concatenated snapshots (``offset[k]`` is the first row of snapshot ``k``) as
+    ``(n, n_intervals * batch_size)`` arrays ``i0, i1`` (interval-major within a step), and each interval's drawn
+    pairs (to read e.g. their ``row_mass``). One draw per interval per chunk of steps: the CFM family and VGFM fill
+    their step buffers with it.
+    """
+    n_int, B = len(samplers), batch_size
+    i0 = np.empty((n, n_int * B), np.int64)
+    i1 = np.empty((n, n_int * B), np.int64)
+    pairs = []
+    for k, smp in enumerate(samplers):
+        p = smp.take(n * B)
+        i0[:, k * B : (k + 1) * B] = (p.i0 + offset[k]).reshape(n, B)
+        i1[:, k * B : (k + 1) * B] = (p.i1 + offset[k + 1]).reshape(n, B)
+        pairs.append(p)
+    return i0, i1, pairs
+
+
 def exact_plan(x0: np.ndarray, x1: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
     """Exact OT plan for the squared Euclidean cost (network simplex, :func:`ot.emd`)."""
     a = uniform(len(x0)) if a is None else a / a.sum()

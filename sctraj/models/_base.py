@@ -96,6 +96,17 @@ class MethodConfig:
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
                 raise ValueError(f"{prefix}{name} must be a {kind} integer, got {v!r}.")
 
+    def check_positive(self, names: tuple[str, ...], *, keyword: str | None = None) -> None:
+        """Raise a ``ValueError`` naming the first of ``names`` that is not a positive finite number (booleans are
+        not numbers here) or, when given, the string ``keyword`` (e.g. ``"auto"``)."""
+        for name in names:
+            v = getattr(self, name)
+            if keyword is not None and isinstance(v, str) and v == keyword:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
+                alt = "" if keyword is None else f" or {keyword!r}"
+                raise ValueError(f"{name} must be a positive number{alt}, got {v!r}.")
+
     @classmethod
     def from_saved(cls, params: dict[str, Any]) -> MethodConfig:
         """The config of a saved model (``TrajectoryModel.load``); subclasses fill in settings older files lack."""

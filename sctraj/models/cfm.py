@@ -163,12 +163,7 @@ class FlowMatchingMethod(BaseMethod):
 
         def refill(n: int) -> None:
             # indices, times and noise for the next n steps at once (one host-to-device copy per chunk)
-            i0 = np.empty((n, n_int * B), np.int64)
-            i1 = np.empty((n, n_int * B), np.int64)
-            for k, smp in enumerate(samplers):
-                p = smp.take(n * B)
-                i0[:, k * B : (k + 1) * B] = (p.i0 + offset[k]).reshape(n, B)
-                i1[:, k * B : (k + 1) * B] = (p.i1 + offset[k + 1]).reshape(n, B)
+            i0, i1, _ = couplings.take_chunk(samplers, offset, n, B)
             buf["i0"] = torch.from_numpy(i0).to(device, non_blocking=True)
             buf["i1"] = torch.from_numpy(i1).to(device, non_blocking=True)
             buf["s"] = torch.rand((n, n_int * B), device=device, generator=gen, dtype=X_all.dtype)

@@ -169,22 +169,9 @@ class MetricFMConfig(MethodConfig):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         resolve_metric(self.metric, 1, 1)
-        g = self.land_gamma
-        if isinstance(g, str):
-            if g != "scott":
-                raise ValueError(f"land_gamma must be a positive number or 'scott', got {g!r}.")
-        elif isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g) or g <= 0:
-            raise ValueError(f"land_gamma must be a positive number or 'scott', got {g!r}.")
-        for name in ("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}.")
-        e = self.metric_eps
-        if isinstance(e, str):
-            if e != "auto":
-                raise ValueError(f"metric_eps must be a positive number or 'auto', got {e!r}.")
-        elif isinstance(e, bool) or not isinstance(e, int | float) or not np.isfinite(e) or e <= 0:
-            raise ValueError(f"metric_eps must be a positive number or 'auto', got {e!r}.")
+        self.check_positive(("land_gamma",), keyword="scott")
+        self.check_positive(("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"))
+        self.check_positive(("metric_eps",), keyword="auto")
         if self.geopath_steps is not None:
             self.check_ints(("geopath_steps",), minimum=0)
         for name in ("geopath_width", "geopath_batch_size"):

@@ -435,15 +435,9 @@ class VGFM(BaseMethod):
         buf: dict[str, torch.Tensor] = {}
 
         def refill(n: int) -> None:
-            i0 = np.empty((n, n_int * B), np.int64)
-            i1 = np.empty((n, n_int * B), np.int64)
-            g = np.empty((n, n_int * B), np.float64)
-            for k, smp in enumerate(samplers):
-                p = smp.take(n * B)
-                cols = slice(k * B, (k + 1) * B)
-                i0[:, cols] = (p.i0 + offset[k]).reshape(n, B)
-                i1[:, cols] = (p.i1 + offset[k + 1]).reshape(n, B)
-                g[:, cols] = (np.log(np.maximum(p.row_mass, 1e-12)) / dts[k]).reshape(n, B)
+            i0, i1, pairs = couplings.take_chunk(samplers, offset, n, B)
+            g = np.concatenate([(np.log(np.maximum(p.row_mass, 1e-12)) / dts[k]).reshape(n, B)
+                                for k, p in enumerate(pairs)], 1)
             buf["i0"] = torch.from_numpy(i0).to(device)
             buf["i1"] = torch.from_numpy(i1).to(device)
             buf["g"] = torch.as_tensor(g, dtype=X_all.dtype, device=device)
