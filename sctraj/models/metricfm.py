@@ -261,21 +261,46 @@ class GeodesicInterpolant(nn.Module):
         return h, tan
 
     def point_and_velocity(
-        self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, t0: torch.Tensor, dt: torch.Tensor
+        self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, t0: torch.Tensor, dt: torch.Tensor,
+        phi: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_s, d x_s / d s)`` with the global time ``t0 + s dt`` moving along; exact derivative."""
+        """``(x_s, d x_s / d s)`` with the global time ``t0 + s dt`` moving along; exact derivative.
+
+        ``phi``: ``phi(x0, x1)`` if already computed (only without the time input, where it does not depend on ``s``).
+        """
         s2 = s.reshape(-1, 1)
-        inp = self._inp(x0, x1, t0 + s * dt)
+        dphi = None
         if self.use_time:
-            phi, dphi = self._phi_and_dt(inp, dt)
-        else:
-            phi, dphi = self.phi(inp), None
+            if phi is not None:
+                raise ValueError("phi depends on the time when use_time is set; it cannot be passed in")
+            phi, dphi = self._phi_and_dt(self._inp(x0, x1, t0 + s * dt), dt)
+        elif phi is None:
+            phi = self.phi(self._inp(x0, x1, t0))
         g = self.gamma(s2)
         x = (1 - s2) * x0 + s2 * x1 + g * phi
         u = x1 - x0 + (2 - 4 * s2) * phi
         if dphi is not None:
             u = u + g * dphi
         return x, u
+
+
+def _phi_per_pair(interpolant: GeodesicInterpolant, snapshots, pairs, device) -> list[torch.Tensor]:
+    """``phi(x0, x1)`` (time-free interpolant) of every drawn pair, evaluated once per distinct pair.
+
+    ``snapshots[k] = (X0, X1)`` are interval ``k``'s two snapshots (tensors) and ``pairs[k]`` its drawn pairs
+    (:class:`~sctraj.engine.couplings.Pairs`); returns one ``(len(pairs[k].i0), dim)`` tensor per interval. Every
+    interval's distinct pairs go through the network in one batch.
+    """
+    inp, inverse, start = [], [], 0
+    for (X0, X1), p in zip(snapshots, pairs, strict=True):
+        key = p.i0.astype(np.int64) * len(X1) + p.i1
+        uniq, inv = np.unique(key, return_inverse=True)
+        a, b = np.divmod(uniq, len(X1))
+        inp.append(torch.cat([X0[torch.from_numpy(a).to(device)], X1[torch.from_numpy(b).to(device)]], 1))
+        inverse.append(torch.from_numpy(inv.reshape(-1) + start).to(device))
+        start += len(uniq)
+    phi = interpolant.phi(torch.cat(inp))
+    return [phi[i] for i in inverse]
 
 
 def _split(n: int, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -512,17 +537,27 @@ class MetricFM(BaseMethod):
             chunk = max(1, min(cfg.chunk_steps, n_steps))
             buf: dict[str, torch.Tensor] = {}
 
+            def steps_major(parts, m):  # per-interval (m * B, ...) -> (m * n_int * B, ...), interval-major per step
+                return torch.stack([p.reshape(m, B, *p.shape[1:]) for p in parts], 1).reshape(m * n_int * B, -1)
+
             def refill(n):
                 # pairs, times, noise and the frozen interpolant's points and velocities for the next n steps at once;
                 # each path sample serves path_reuse of these steps (in shuffled order, fresh noise each time)
                 m = -(-n // cfg.path_reuse)
-                x0s, x1s = draw(samplers, None, m * B)
-                x0 = torch.stack([x.reshape(m, B, d) for x in x0s], 1).reshape(m * n_int * B, d)
-                x1 = torch.stack([x.reshape(m, B, d) for x in x1s], 1).reshape(m * n_int * B, d)
+                pairs = [smp.take(m * B) for smp in samplers]
+                i0s = [torch.from_numpy(p.i0).to(device) for p in pairs]
+                i1s = [torch.from_numpy(p.i1).to(device) for p in pairs]
+                x0 = steps_major([X[k][i] for k, i in enumerate(i0s)], m)
+                x1 = steps_major([X[k + 1][i] for k, i in enumerate(i1s)], m)
                 s = torch.rand(m * n_int * B, device=device, generator=gen)
                 t0, dt = t0_all.repeat(m), dt_all.repeat(m)
                 with torch.no_grad():
-                    xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt)
+                    # without the time input phi(x0, x1) depends on the pair only, and a chunk's m * B draws per
+                    # interval come from a few plans with at most n0 + n1 - 1 pairs each: phi is evaluated once per
+                    # distinct pair (on EB 12,800 draws per interval and chunk hit about 1,100 pairs) and gathered
+                    phi = None if self.interpolant.use_time else steps_major(_phi_per_pair(
+                        self.interpolant, [(X[k], X[k + 1]) for k in range(n_int)], pairs, device), m)
+                    xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt, phi=phi)
                 order = torch.randperm(m * cfg.path_reuse, generator=gen, device=device)[:n] % m
                 xt, ut = xt.reshape(m, n_int * B, d)[order], (ut / dt[:, None]).reshape(m, n_int * B, d)[order]
                 noise = torch.randn(xt.shape, device=device, generator=gen)
