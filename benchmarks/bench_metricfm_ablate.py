@@ -71,6 +71,12 @@ CONFIGS: dict[str, dict] = {
     "notime_lm512": {"geopath_time": False, "land_max_points": 512},
     "notime_fast": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512},
     "notime_fast_g250": {"geopath_time": False, "path_reuse": 2, "land_max_points": 512, "geopath_steps": 250},
+    # issue 15, stage-1 cost (one change each from "default", measured with the exact speed-ups of 2026-12-02):
+    # a cosine learning-rate decay in stage 1, and fewer / smaller stage-1 steps with it
+    "geo_cos": {"geopath_lr_schedule": "cosine"},
+    "geo_cos_g250": {"geopath_lr_schedule": "cosine", "geopath_steps": 250},
+    "geo_g250": {"geopath_steps": 250},
+    "geo_cos_g250_gb128": {"geopath_lr_schedule": "cosine", "geopath_steps": 250, "geopath_batch_size": 128},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},
@@ -81,6 +87,8 @@ def base_of(config: str) -> str:
     """The configuration a row changes one thing of (for the ratio column)."""
     if config in ("otcfm", "previous", "default", "geo_notime"):
         return "previous"
+    if config.startswith(("geo_cos", "geo_g250")):
+        return "default"
     return "previous" if CONFIGS[config].get("geopath_time", False) else "geo_notime"
 
 

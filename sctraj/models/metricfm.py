@@ -45,7 +45,7 @@ from torch import nn
 from ..engine import couplings, distributed
 from ..engine.metrics import LANDMetric, RBFMetric, resolve_metric
 from ..engine.nn import VectorField, mlp
-from ..engine.trainer import cpu_threads, train
+from ..engine.trainer import LR_SCHEDULES, cpu_threads, train
 from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
@@ -100,6 +100,8 @@ class MetricFMConfig(MethodConfig):
         Maximum training steps of the interpolant (stage 1); ``None``: a quarter of the flow-matching steps.
     geopath_lr
         Learning rate of the interpolant.
+    geopath_lr_schedule
+        ``"constant"`` or ``"cosine"`` (decayed to a hundredth over the stage-1 steps, as ``lr_schedule`` in stage 2).
     geopath_width
         Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
     geopath_batch_size
@@ -148,6 +150,7 @@ class MetricFMConfig(MethodConfig):
     metric_cells: str = "interval"
     geopath_steps: int | None = None
     geopath_lr: float = 1e-3
+    geopath_lr_schedule: str = "constant"
     geopath_width: int | None = None
     geopath_batch_size: int | None = None
     geopath_time: bool = False
@@ -165,7 +168,7 @@ class MetricFMConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, allowed in (("coupling", COUPLINGS), ("geopath_normalise", NORMALISE),
-                              ("metric_cells", METRIC_CELLS)):
+                              ("metric_cells", METRIC_CELLS), ("geopath_lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         resolve_metric(self.metric, 1, 1)
@@ -524,6 +527,7 @@ class MetricFM(BaseMethod):
 
                 self._geopath_steps_run = len(train(
                     self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
+                    lr_schedule=cfg.geopath_lr_schedule,
                     progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
                     stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
                 if best["state"] is not None:
