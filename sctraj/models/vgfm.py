@@ -475,7 +475,10 @@ class VGFM(BaseMethod):
                 x1 = x1s[k]
                 a = w / w.sum()
                 b = torch.full((len(x1),), 1.0 / len(x1), device=device, dtype=xp.dtype)
-                M = torch.sqrt(((xp[:, None, :] - x1[None, :, :]) ** 2).sum(-1) + 1e-12)
+                # |a|^2 + |b|^2 - 2 a.b: one matrix product, where the broadcast difference (m0 x m1 x dim, and its
+                # backward) cost 8x as much at 50 dimensions
+                d2 = (xp * xp).sum(1)[:, None] + (x1 * x1).sum(1)[None, :] - 2.0 * (xp @ x1.T)
+                M = torch.sqrt(d2.clamp_min(0.0) + 1e-12)
                 w1s.append(ot.emd2(a, b, M))
                 mls.append((w.mean() / ratios[k] - 1.0) ** 2)
             return torch.stack(w1s).mean(), torch.stack(mls).mean()
