@@ -170,9 +170,8 @@ def scale(n_cells, dim, n_steps):
 
 SPEED_VARIANTS = {
     "otcfm": ("otcfm", {}),
-    "metricfm previous": ("metricfm", {"geopath_time": True}),  # the defaults before 2026-12-02
     "metricfm": ("metricfm", {}),
-    "metricfm path_reuse=2": ("metricfm", {"path_reuse": 2}),
+    "metricfm geopath_time=True": ("metricfm", {"geopath_time": True}),  # the path network input before 2026-12-02
 }
 
 

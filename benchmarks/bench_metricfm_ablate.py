@@ -77,6 +77,11 @@ CONFIGS: dict[str, dict] = {
     "geo_cos_g250": {"geopath_lr_schedule": "cosine", "geopath_steps": 250},
     "geo_g250": {"geopath_steps": 250},
     "geo_cos_g250_gb128": {"geopath_lr_schedule": "cosine", "geopath_steps": 250, "geopath_batch_size": 128},
+    # LAND anchors: cells pooled into the landmarks (centroid, count, variance) instead of a rescaled subsample
+    "land_pool1024": {"land_pool": True},
+    "land_pool768": {"land_pool": True, "land_max_points": 768},
+    "land_pool512": {"land_pool": True, "land_max_points": 512},
+    "land_sub512": {"land_max_points": 512},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},
@@ -87,7 +92,7 @@ def base_of(config: str) -> str:
     """The configuration a row changes one thing of (for the ratio column)."""
     if config in ("otcfm", "previous", "default", "geo_notime"):
         return "previous"
-    if config.startswith(("geo_cos", "geo_g250")):
+    if config.startswith(("geo_cos", "geo_g250", "land_")):
         return "default"
     return "previous" if CONFIGS[config].get("geopath_time", False) else "geo_notime"
 

@@ -46,14 +46,23 @@ def resolve_metric(metric: str, dim: int, land_max_dims: int) -> str:
 
 
 class LANDMetric(nn.Module):
-    """LAND metric over ``n_landmarks`` cells; ``h`` is scaled by ``scale`` (cells represented per landmark).
+    """LAND metric over ``n_landmarks`` landmarks (cells, or anchors that pool cells).
+
+    With at most ``n_landmarks`` cells every cell is a landmark. With more, ``n_landmarks`` cells are drawn uniformly
+    and either (``pool=True``) every cell is pooled into the drawn cell nearest to it, the landmark becoming an
+    *anchor* at its pool's centroid that carries the pool's cell count and per-dimension variance, or
+    (``pool=False``) the drawn cells stand alone and ``h`` is rescaled by ``n / n_landmarks``. Pooling keeps the total
+    kernel mass and the local variance term exact, since ``sum_{i in pool} (x_ia - x_a)^2 = n_j ((m_ja - x_a)^2 +
+    var_ja)`` for the pool's centroid ``m_j``; the only approximation is that the pool's cells share the kernel weight
+    of their centroid. A uniform subsample instead estimates the sum from fewer cells (more variance, the same
+    cost).
 
     Parameters
     ----------
     dim
         Number of dimensions.
     n_landmarks
-        Number of landmark cells (fixed at construction; filled by :meth:`fit`).
+        Number of landmarks (fixed at construction; filled by :meth:`fit`).
     gamma
         Kernel bandwidth.
     eps
@@ -61,26 +70,55 @@ class LANDMetric(nn.Module):
     alpha
         Exponent of the metric, ``G = (diag(h) + eps)^-alpha`` (the reference code's ``alpha_metric``; 1 is the
         paper's Eq. 9, the reference's single-cell LAND configurations use 2).
+    pool
+        Pool all cells into the landmarks (anchors) rather than rescale a subsample, when there are more cells than
+        landmarks.
     """
 
     kind = "land"
 
-    def __init__(self, dim: int, n_landmarks: int, *, gamma: float = 0.2, eps: float = 1e-3, alpha: float = 1.0) -> None:
+    def __init__(self, dim: int, n_landmarks: int, *, gamma: float = 0.2, eps: float = 1e-3, alpha: float = 1.0,
+                 pool: bool = False) -> None:
         super().__init__()
         if gamma <= 0 or eps <= 0 or alpha <= 0:
             raise ValueError(f"LAND needs gamma > 0, eps > 0 and alpha > 0, got gamma={gamma!r}, eps={eps!r}, "
                              f"alpha={alpha!r}.")
-        self.gamma, self.eps, self.alpha = float(gamma), float(eps), float(alpha)
+        self.gamma, self.eps, self.alpha, self.pool = float(gamma), float(eps), float(alpha), bool(pool)
         self.register_buffer("landmarks", torch.zeros(n_landmarks, dim))
         self.register_buffer("scale", torch.ones(()))
+        # cells each landmark stands for and their per-dimension variance about it (1 and 0 for a plain cell)
+        self.register_buffer("counts", torch.ones(n_landmarks))
+        self.register_buffer("spread", torch.zeros(n_landmarks, dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before anchors existed have plain landmarks: counts 1, spread 0
+        for name in ("counts", "spread"):
+            if prefix + "landmarks" in state_dict and prefix + name not in state_dict:
+                state_dict[prefix + name] = getattr(self, name).new_zeros(getattr(self, name).shape) + (
+                    1.0 if name == "counts" else 0.0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit(self, X: np.ndarray, rng: np.random.Generator) -> LANDMetric:
-        """Take ``n_landmarks`` cells of ``X`` (all of them when they fit) as landmarks."""
+        """Landmarks from the cells ``X``: all of them when they fit, else a uniform draw (pooled or rescaled)."""
         n = self.landmarks.shape[0]
+        dev, dt = self.landmarks.device, self.landmarks.dtype
         idx = np.arange(len(X)) if len(X) == n else np.sort(rng.choice(len(X), size=n, replace=False))
-        self.landmarks.copy_(torch.as_tensor(X[idx], dtype=self.landmarks.dtype))
+        L = torch.as_tensor(np.asarray(X)[idx], dtype=dt, device=dev)
+        self.counts.fill_(1.0)
+        self.spread.zero_()
         self.scale.fill_(len(X) / n)
+        if self.pool and len(X) > n:
+            Xt = torch.as_tensor(np.asarray(X), dtype=dt, device=dev)
+            near = torch.cat([torch.cdist(Xt[s : s + 4096], L).argmin(1) for s in range(0, len(Xt), 4096)])
+            cnt = torch.bincount(near, minlength=n).to(dt)
+            mean = torch.zeros_like(L).index_add_(0, near, Xt) / cnt.clamp_min(1)[:, None]
+            sq = torch.zeros_like(L).index_add_(0, near, Xt * Xt) / cnt.clamp_min(1)[:, None]
+            L = torch.where(cnt[:, None] > 0, mean, L)
+            self.spread.copy_((sq - mean * mean).clamp_min(0.0) * (cnt[:, None] > 0))
+            self.counts.copy_(cnt)
+            self.scale.fill_(1.0)
+        self.landmarks.copy_(L)
         return self
 
     def h(self, x: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
@@ -89,6 +127,8 @@ class LANDMetric(nn.Module):
         Uses ``sum_i w_i (x_i - x)^2 = sum_i w_i x_i^2 - 2 x sum_i w_i x_i + x^2 sum_i w_i`` per dimension, i.e. three
         matrix products with the kernel matrix, which is much cheaper to differentiate than the direct form.
         """
+        if self.pool:
+            return self._h_anchors(x, chunk_size)
         L = self.landmarks
         L2 = L * L
         c = 1.0 / (2 * self.gamma**2)
@@ -103,6 +143,28 @@ class LANDMetric(nn.Module):
         return torch.cat([_LANDKernel.apply(x[s : s + chunk_size], LT, momT, L1T, bias, c, scale)
                           for s in range(0, x.shape[0], chunk_size)])
 
+    def _h_anchors(self, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """``h`` over anchors: each landmark ``j`` stands for ``n_j`` cells spread as ``N(m_j, diag(v_j))``.
+
+        The expected kernel and local variance of such a pool have closed forms: with ``r_ja = gamma^2 / (gamma^2 +
+        v_ja)``, ``E[w] = prod_a sqrt(r_ja) exp(-(x_a - m_ja)^2 / (2 (gamma^2 + v_ja)))`` and
+        ``E[w (x_ia - x_a)^2] = E[w] (r_ja^2 (m_ja - x_a)^2 + r_ja v_ja)``, so ``h_a(x) = sum_j n_j E[w_j] (...)``.
+        With ``v = 0`` this is the plain sum over cells. The log weights are one product of ``[x^2, x]`` with a
+        ``(2 d, n_anchors)`` matrix, and ``h`` one product with ``(n_anchors, 3 d)`` moments, as for plain landmarks.
+        """
+        m, v, n = self.landmarks, self.spread, self.counts[:, None]
+        g2 = self.gamma**2
+        A = 0.5 / (g2 + v)  # (L, d)
+        r = g2 / (g2 + v)
+        bias = (0.5 * torch.log(r) - m * m * A).sum(1)[None] + torch.log(n.clamp_min(1e-30)).T
+        PT = torch.cat([-A, 2 * m * A], 1).T.contiguous()  # logw = [x^2, x] @ PT + bias
+        r2 = r * r
+        momT = torch.cat([r2 * m * m + r * v, r2 * m, r2], 1).T.contiguous()  # (3 d, L)
+        QT = torch.cat([2 * m * A, A], 1).T.contiguous()  # dlogw/dx_a = (2 m A)_ja - 2 x_a A_ja
+        scale = float(self.scale)
+        return torch.cat([_AnchorKernel.apply(x[s : s + chunk_size], PT, momT, QT, bias, scale)
+                          for s in range(0, x.shape[0], chunk_size)])
+
     def inverse_h(self, x: torch.Tensor) -> torch.Tensor:
         """Diagonal of ``G(x) = (diag(h(x)) + eps)^-alpha``, shape ``(n, dim)``."""
         g = 1.0 / (self.h(x) + self.eps)
@@ -111,6 +173,37 @@ class LANDMetric(nn.Module):
     def energy(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``v^T G(x) v`` per point."""
         return (v * v * self.inverse_h(x)).sum(-1)
+
+
+class _AnchorKernel(torch.autograd.Function):
+    """``h(x)`` over Gaussian anchors (:meth:`LANDMetric._h_anchors`), with a hand-written backward in ``x``.
+
+    The log weight of a pool's count is folded into ``bias``, so the floor at :data:`LOG_FLOOR` applies to ``n_j
+    E[w_j]``. Backward as in :class:`_LANDKernel`, with per-dimension coefficients: ``dL/dlogw = (dL/dwm @ moments)
+    * w`` and ``dlogw_j / dx_a = 2 m_ja A_ja - 2 x_a A_ja``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, PT, momT, QT, bias, scale):
+        d = x.shape[1]
+        w = torch.addmm(bias, torch.cat([x * x, x], 1), PT).clamp_(LOG_FLOOR, None).exp_()
+        wm = (momT @ w.T).T  # (b, 3 d)
+        hx = wm[:, :d] - 2 * x * wm[:, d : 2 * d] + x * x * wm[:, 2 * d :]
+        pos = hx > 0
+        ctx.save_for_backward(x, momT, QT, w, wm, pos)
+        ctx.scale = scale
+        return hx.clamp_min_(0.0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, momT, QT, w, wm, pos = ctx.saved_tensors
+        d = x.shape[1]
+        G = g * pos * ctx.scale
+        dwm = torch.cat([G, -2 * x * G, G * x * x], 1)
+        dx = G * (2 * x * wm[:, 2 * d :] - 2 * wm[:, d : 2 * d])
+        q = torch.mm((dwm @ momT).mul_(w), QT.T)
+        dx += q[:, :d] - 2 * x * q[:, d:]
+        return dx, None, None, None, None, None
 
 
 class _LANDKernel(torch.autograd.Function):

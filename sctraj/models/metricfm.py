@@ -82,8 +82,13 @@ class MetricFMConfig(MethodConfig):
     land_gamma_scale
         Multiplier of Scott's rule.
     land_max_points
-        At most this many landmark cells per interval for LAND (a uniform subsample, ``h`` rescaled by
-        ``n / land_max_points``, an unbiased estimate of the sum over all cells); cost per point is linear in it.
+        At most this many landmarks per interval for LAND; cost per point is linear in it. An interval with more
+        cells draws this many uniformly, then pools every cell into its nearest drawn cell (``land_pool=True``) or
+        rescales ``h`` by ``n / land_max_points`` (``False``: an unbiased estimate of the sum over all cells).
+    land_pool
+        Pool the cells into anchors (centroid, count and variance of each pool; see
+        :class:`~sctraj.engine.metrics.LANDMetric`), keeping ``h``'s mass and local-variance terms exact, rather
+        than rescale a subsample.
     rbf_n_centers
         k-means centres per interval for the RBF metric (the reference's 50/100-d configurations: 150).
     rbf_kappa
@@ -143,6 +148,7 @@ class MetricFMConfig(MethodConfig):
     land_gamma: float | str = "scott"
     land_gamma_scale: float = 0.65
     land_max_points: int = 1024
+    land_pool: bool = False
     rbf_n_centers: int = 150
     rbf_kappa: float = 1.5
     metric_alpha: float = 1.0
@@ -183,8 +189,9 @@ class MetricFMConfig(MethodConfig):
         self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
-        if not isinstance(self.geopath_time, bool):
-            raise ValueError(f"geopath_time must be True or False, got {self.geopath_time!r}.")
+        for name in ("geopath_time", "land_pool"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not (isinstance(self.geopath_val_fraction, int | float) and 0 <= self.geopath_val_fraction < 0.5):
             raise ValueError(f"geopath_val_fraction must be in [0, 0.5), got {self.geopath_val_fraction!r}.")
         if not self.sigma >= 0:
@@ -340,7 +347,8 @@ class MetricFM(BaseMethod):
         eps = None if cfg.metric_eps == "auto" else float(cfg.metric_eps)
         if kind == "land":
             ms = [LANDMetric(dim, min(n, cfg.land_max_points), gamma=land_bandwidth(cfg, n, dim),
-                             eps=1e-3 if eps is None else eps, alpha=cfg.metric_alpha) for n in sizes]
+                             eps=1e-3 if eps is None else eps, alpha=cfg.metric_alpha, pool=cfg.land_pool)
+                  for n in sizes]
         else:
             ms = [RBFMetric(dim, min(n, cfg.rbf_n_centers), kappa=cfg.rbf_kappa, eps=eps, alpha=cfg.metric_alpha)
                   for n in sizes]
