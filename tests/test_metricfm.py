@@ -68,6 +68,30 @@ def test_land_metric_gradient_is_exact():
     assert torch.isfinite(far.grad).all() and float(m.h(far.detach()).abs().max()) < 1e-20
 
 
+def test_land_anchors_pool_cells_exactly_and_beat_a_subsample():
+    """Anchors (``pool=True``): plain landmarks when every cell fits; above, closer to the all-cell ``h`` than a
+    rescaled subsample of the same size; exact gradient; models saved without anchor buffers still load."""
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.standard_normal(3000), 0.5 * rng.standard_normal(3000)].astype(np.float32)
+    q = torch.as_tensor(X[rng.integers(3000, size=400)] + 0.1 * rng.standard_normal((400, 2)).astype(np.float32))
+    few = X[:300]
+    plain = LANDMetric(2, 300, gamma=0.2).fit(few, rng)
+    anchors = LANDMetric(2, 300, gamma=0.2, pool=True).fit(few, rng)
+    torch.testing.assert_close(anchors.h(q), plain.h(q), rtol=1e-4, atol=1e-4)
+    full = LANDMetric(2, 3000, gamma=0.2).fit(X, rng).h(q)
+    err = {}
+    for pool in (False, True):
+        m = LANDMetric(2, 128, gamma=0.2, pool=pool).fit(X, np.random.default_rng(1))
+        err[pool] = float(((m.h(q) - full).abs() / full.clamp_min(1e-3)).median())
+    assert float(m.counts.sum()) == 3000 and err[True] < 0.2 * err[False], err
+    x = q[:4].double().clone().requires_grad_()
+    assert torch.autograd.gradcheck(m.double().h, (x,))
+    old = {"landmarks": m.landmarks, "scale": m.scale}  # a LAND metric saved before anchors existed
+    m2 = LANDMetric(2, 128, gamma=0.2).double()
+    m2.load_state_dict(old)
+    assert float(m2.counts.min()) == 1 and float(m2.spread.abs().max()) == 0
+
+
 def test_resolve_metric():
     assert resolve_metric("auto", 5, 10) == "land"
     assert resolve_metric("auto", 50, 10) == "rbf"
