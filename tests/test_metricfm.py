@@ -294,3 +294,20 @@ def test_geodesic_paths_follow_the_curved_toy():
     off_learned = np.abs(np.linalg.norm(mid, axis=1) - 1).mean()
     off_straight = np.abs(np.linalg.norm(chord, axis=1) - 1).mean()
     assert off_learned < 0.5 * off_straight
+
+
+def test_models_saved_before_land_anchors_load_unchanged():
+    """A file from before ``land_pool`` (no anchor buffers, no ``land_pool`` in its config) loads as plain landmarks."""
+    from sctraj.models._model import TrajectoryModel
+
+    a = _adata()
+    model = sctraj.tl.fit_flow(a, "time", method="metricfm", land_pool=False, land_max_points=16, **TINY)
+    state = model.state()
+    del state["config"]["land_pool"]
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.endswith((".counts", ".spread"))}
+    m2 = TrajectoryModel.from_state(state, where="an old file")
+    assert m2.method.config.land_pool is False and m2.method.config.land_max_points == 16
+    x = torch.randn(6, 3)
+    for k in range(2):
+        torch.testing.assert_close(m2.method.metrics[k].inverse_h(x), model.method.metrics[k].inverse_h(x))
+    np.testing.assert_array_equal(m2.velocity(a.obsm["X_pca"][:5], 0.5), model.velocity(a.obsm["X_pca"][:5], 0.5))

@@ -95,12 +95,17 @@ class LANDMetric(nn.Module):
         self.register_buffer("counts", torch.ones(n_landmarks))
         self.register_buffer("spread", torch.zeros(n_landmarks, dim))
 
+    @staticmethod
+    def upgrade_state_dict(state_dict: dict, prefix: str = "") -> None:
+        """Give a LAND metric saved before anchors existed (``prefix + "landmarks"`` without ``counts`` / ``spread``)
+        the buffers of plain landmarks, count 1 and no spread, in place: it then computes exactly what it did."""
+        L = state_dict.get(prefix + "landmarks")
+        if L is not None and prefix + "counts" not in state_dict:
+            state_dict[prefix + "counts"] = L.new_ones(L.shape[0])
+            state_dict[prefix + "spread"] = L.new_zeros(L.shape)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # models saved before anchors existed have plain landmarks: counts 1, spread 0
-        for name in ("counts", "spread"):
-            if prefix + "landmarks" in state_dict and prefix + name not in state_dict:
-                state_dict[prefix + name] = getattr(self, name).new_zeros(getattr(self, name).shape) + (
-                    1.0 if name == "counts" else 0.0)
+        self.upgrade_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()

@@ -167,6 +167,12 @@ class BaseMethod(nn.Module, abc.ABC):
         """
         return {}
 
+    @classmethod
+    def upgrade_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The saved tensors of a file written by an older version, with what that version lacked filled in (a new
+        dict; by default the same entries)."""
+        return dict(state_dict)
+
     def report(self, model, data: FitData) -> dict[str, Any]:
         """Extra h5ad-safe results merged into ``adata.uns[key_added]`` after fitting (e.g. mass over time)."""
         return {}

@@ -345,7 +345,7 @@ class TrajectoryModel:
         Method, config = check_state(state, where)
         method = Method(int(state["dim"]), config, state.get("meta", {}))
         try:
-            method.load_state_dict(state["state_dict"])
+            method.load_state_dict(Method.upgrade_state_dict(state["state_dict"]))
         except RuntimeError as e:
             raise ValueError(f"{where} does not match the {state['method']!r} network layout: {e}") from None
         method.to(resolve_device(device))
@@ -440,7 +440,7 @@ def check_state(state, where: str):
             expected = {k: tuple(v.shape) for k, v in Method(dim, config, state.get("meta", {})).state_dict().items()}
     except Exception as e:  # noqa: BLE001 - any failure to build the network means the header is inconsistent
         raise bad(f"its {state['method']!r} network cannot be built ({type(e).__name__}: {e})") from None
-    got = {k: tuple(v.shape) for k, v in sd.items()}
+    got = {k: tuple(v.shape) for k, v in Method.upgrade_state_dict(sd).items()}
     if got != expected:
         diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))[:3]
         raise bad(

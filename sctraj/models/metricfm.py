@@ -201,6 +201,13 @@ class MetricFMConfig(MethodConfig):
             raise ValueError(f"sigma must be >= 0, got {self.sigma!r}.")
 
 
+    @classmethod
+    def from_saved(cls, params):
+        # files written before anchors existed hold a metric over plain landmark cells (their 1,024-landmark default
+        # is in the saved config); their state dicts load into the same kernel with counts 1 and no spread
+        return cls.from_params({"land_pool": False, **params})
+
+
 def land_bandwidth(cfg: MetricFMConfig, n_cells: int, dim: int) -> float:
     """LAND bandwidth of an interval with ``n_cells`` cells (both snapshots) in ``dim`` dimensions (internal units)."""
     if cfg.land_gamma == "scott":
@@ -377,6 +384,13 @@ class MetricFM(BaseMethod):
             out["land_gamma"] = np.array([m.gamma for m in self.metrics], float)
         out["geopath_steps_run"] = int(getattr(self, "_geopath_steps_run", 0))
         return out
+
+    @classmethod
+    def upgrade_state_dict(cls, state_dict):
+        sd = dict(state_dict)
+        for key in [k for k in sd if k.startswith("metrics.") and k.endswith(".landmarks")]:
+            LANDMetric.upgrade_state_dict(sd, key[: -len("landmarks")])
+        return sd
 
     # -- dynamics ----------------------------------------------------------------------------------------------
     def velocity(self, x, tau, cond=None):
