@@ -82,6 +82,11 @@ CONFIGS: dict[str, dict] = {
     "land_pool768": {"land_pool": True, "land_max_points": 768},
     "land_pool512": {"land_pool": True, "land_max_points": 512},
     "land_sub512": {"land_max_points": 512},
+    # the reference's coupling: a fresh 128 x 128 minibatch OT plan every step (both stages)
+    "land_mbot128": {"ot_block_size": 128, "ot_refresh": 1, "ot_full_size": 128},
+    # stage-1 gradient-norm clipping against its heavy-tailed loss (hematopoiesis)
+    "land_clip1": {"geopath_grad_clip": 1.0},
+    "land_clip0.1": {"geopath_grad_clip": 0.1},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},

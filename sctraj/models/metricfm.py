@@ -110,6 +110,8 @@ class MetricFMConfig(MethodConfig):
         Learning rate of the interpolant.
     geopath_lr_schedule
         ``"constant"`` or ``"cosine"`` (decayed to a hundredth over the stage-1 steps, as ``lr_schedule`` in stage 2).
+    geopath_grad_clip
+        Clip the interpolant's gradient norm to this value in stage 1 (``None``: no clipping).
     geopath_width
         Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
     geopath_batch_size
@@ -160,6 +162,7 @@ class MetricFMConfig(MethodConfig):
     geopath_steps: int | None = None
     geopath_lr: float = 1e-3
     geopath_lr_schedule: str = "constant"
+    geopath_grad_clip: float | None = None
     geopath_width: int | None = None
     geopath_batch_size: int | None = None
     geopath_time: bool = False
@@ -184,6 +187,8 @@ class MetricFMConfig(MethodConfig):
         self.check_positive(("land_gamma",), keyword="scott")
         self.check_positive(("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"))
         self.check_positive(("metric_eps",), keyword="auto")
+        if self.geopath_grad_clip is not None:
+            self.check_positive(("geopath_grad_clip",))
         if self.geopath_steps is not None:
             self.check_ints(("geopath_steps",), minimum=0)
         for name in ("geopath_width", "geopath_batch_size"):
@@ -552,7 +557,7 @@ class MetricFM(BaseMethod):
 
                 self._geopath_steps_run = len(train(
                     self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
-                    lr_schedule=cfg.geopath_lr_schedule,
+                    lr_schedule=cfg.geopath_lr_schedule, grad_clip=cfg.geopath_grad_clip,
                     progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
                     stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
                 if best["state"] is not None:
