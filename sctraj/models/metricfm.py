@@ -141,9 +141,10 @@ class MetricFMConfig(MethodConfig):
         Stage 2 draws pairs and evaluates the frozen interpolant for this many steps at once (throughput only).
     path_reuse
         Each sample of the frozen learned paths (a pair, a time, its point and velocity) serves this many
-        flow-matching steps, each time with fresh Gaussian noise and at a different step. Evaluating the
-        interpolant and its time derivative costs about as much as a training step of the field; sharing the
-        samples halves that cost at ``2``. ``1`` (default) draws fresh samples for every step.
+        flow-matching steps, each time with fresh Gaussian noise and at a different step. With the time input
+        (``geopath_time=True``) evaluating the interpolant and its time derivative costs about as much as a training
+        step of the field, and ``2`` halves that cost; without it the interpolant is evaluated once per distinct
+        coupled pair anyway, and sharing saves little. ``1`` (default) draws fresh samples for every step.
     """
 
     sigma: float = 0.1
