@@ -112,6 +112,9 @@ class MetricFMConfig(MethodConfig):
         ``"constant"`` or ``"cosine"`` (decayed to a hundredth over the stage-1 steps, as ``lr_schedule`` in stage 2).
     geopath_grad_clip
         Clip the interpolant's gradient norm to this value in stage 1 (``None``: no clipping).
+    geopath_zero_init
+        Start the interpolant's output layer at zero, so that the paths are straight (OT-CFM's) until stage 1 bends
+        them; otherwise a randomly initialised ``phi`` bends every path at random at the start.
     geopath_width
         Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
     geopath_batch_size
@@ -164,6 +167,7 @@ class MetricFMConfig(MethodConfig):
     geopath_lr: float = 1e-3
     geopath_lr_schedule: str = "constant"
     geopath_grad_clip: float | None = None
+    geopath_zero_init: bool = False
     geopath_width: int | None = None
     geopath_batch_size: int | None = None
     geopath_time: bool = False
@@ -198,7 +202,7 @@ class MetricFMConfig(MethodConfig):
         self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
-        for name in ("geopath_time", "land_pool"):
+        for name in ("geopath_time", "land_pool", "geopath_zero_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not (isinstance(self.geopath_val_fraction, int | float) and 0 <= self.geopath_val_fraction < 0.5):
@@ -249,10 +253,14 @@ def _act_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> tor
 class GeodesicInterpolant(nn.Module):
     """``x_s = (1-s) x0 + s x1 + gamma(s) phi(x0, x1[, t])`` with ``gamma(s) = 2 s (1-s)`` and an MLP ``phi``."""
 
-    def __init__(self, dim: int, *, width: int, depth: int, act: str, use_time: bool = True) -> None:
+    def __init__(self, dim: int, *, width: int, depth: int, act: str, use_time: bool = True,
+                 zero_init: bool = False) -> None:
         super().__init__()
         self.use_time = bool(use_time)
         self.phi = mlp(2 * dim + int(self.use_time), dim, width, depth, act)
+        if zero_init:  # phi = 0 before training: the paths start straight (OT-CFM's) instead of randomly bent
+            nn.init.zeros_(self.phi[-1].weight)
+            nn.init.zeros_(self.phi[-1].bias)
 
     @staticmethod
     def gamma(s: torch.Tensor) -> torch.Tensor:
@@ -357,7 +365,8 @@ class MetricFM(BaseMethod):
         cfg = config
         self.net = VectorField(dim, width=cfg.width, depth=cfg.depth, act=cfg.activation)
         self.interpolant = GeodesicInterpolant(dim, width=cfg.geopath_width or cfg.width, depth=cfg.depth,
-                                               act=cfg.activation, use_time=cfg.geopath_time)
+                                               act=cfg.activation, use_time=cfg.geopath_time,
+                                               zero_init=cfg.geopath_zero_init)
         kind = self.meta.get("metric", resolve_metric(cfg.metric, dim, cfg.land_max_dims))
         sizes = [int(n) for n in self.meta.get("interval_cells", [])]
         eps = None if cfg.metric_eps == "auto" else float(cfg.metric_eps)
