@@ -89,6 +89,8 @@ CONFIGS: dict[str, dict] = {
     "land_clip0.1": {"geopath_grad_clip": 0.1},
     # the path network's output layer starts at zero (straight paths before stage 1)
     "land_zero": {"geopath_zero_init": True},
+    # Polyak averaging of the path network's iterates in stage 1
+    "land_ema0.99": {"geopath_ema": 0.99},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},

@@ -112,6 +112,9 @@ class MetricFMConfig(MethodConfig):
         ``"constant"`` or ``"cosine"`` (decayed to a hundredth over the stage-1 steps, as ``lr_schedule`` in stage 2).
     geopath_grad_clip
         Clip the interpolant's gradient norm to this value in stage 1 (``None``: no clipping).
+    geopath_ema
+        If positive, stage 2 uses an exponential moving average of the interpolant's weights over the stage-1 steps
+        with this decay (e.g. ``0.99``) instead of the last iterate.
     geopath_zero_init
         Start the interpolant's output layer at zero, so that the paths are straight (OT-CFM's) until stage 1 bends
         them; otherwise a randomly initialised ``phi`` bends every path at random at the start.
@@ -168,6 +171,7 @@ class MetricFMConfig(MethodConfig):
     geopath_lr_schedule: str = "constant"
     geopath_grad_clip: float | None = None
     geopath_zero_init: bool = False
+    geopath_ema: float = 0.0
     geopath_width: int | None = None
     geopath_batch_size: int | None = None
     geopath_time: bool = False
@@ -192,6 +196,9 @@ class MetricFMConfig(MethodConfig):
         self.check_positive(("land_gamma",), keyword="scott")
         self.check_positive(("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"))
         self.check_positive(("metric_eps",), keyword="auto")
+        if not (isinstance(self.geopath_ema, int | float) and not isinstance(self.geopath_ema, bool)
+                and 0 <= self.geopath_ema < 1):
+            raise ValueError(f"geopath_ema must be in [0, 1), got {self.geopath_ema!r}.")
         if self.geopath_grad_clip is not None:
             self.check_positive(("geopath_grad_clip",))
         if self.geopath_steps is not None:
@@ -565,11 +572,25 @@ class MetricFM(BaseMethod):
                     best["bad"] += 1
                     return best["bad"] >= cfg.geopath_patience
 
+                ema = ([p.detach().clone() for p in self.interpolant.parameters()] if cfg.geopath_ema > 0
+                       else None)
+
+                def after_step(step):
+                    if ema is not None:  # exponential moving average of the iterates (Polyak averaging)
+                        with torch.no_grad():
+                            torch._foreach_lerp_(ema, [p.detach() for p in self.interpolant.parameters()],
+                                                 1.0 - cfg.geopath_ema)
+                    return check(step)
+
                 self._geopath_steps_run = len(train(
                     self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
                     lr_schedule=cfg.geopath_lr_schedule, grad_clip=cfg.geopath_grad_clip,
                     progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
-                    stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
+                    stop=after_step, sync_every=cfg.geopath_eval_every)["geopath_loss"])
+                if ema is not None:
+                    with torch.no_grad():
+                        for p, e in zip(self.interpolant.parameters(), ema, strict=True):
+                            p.copy_(e)
                 if best["state"] is not None:
                     self.interpolant.load_state_dict(best["state"])
                 if use_val:  # stage 1 saw the training split only; stage 2 couples all cells
