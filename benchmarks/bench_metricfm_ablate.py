@@ -87,10 +87,10 @@ CONFIGS: dict[str, dict] = {
     # stage-1 gradient-norm clipping against its heavy-tailed loss (hematopoiesis)
     "land_clip1": {"geopath_grad_clip": 1.0},
     "land_clip0.1": {"geopath_grad_clip": 0.1},
-    # the path network's output layer starts at zero (straight paths before stage 1)
-    "land_zero": {"geopath_zero_init": True},
-    # Polyak averaging of the path network's iterates in stage 1
-    "land_ema0.99": {"geopath_ema": 0.99},
+    # measured with options that were removed again for lack of effect (their rows in metricfm_ablate_s23_zero_*.json
+    # and _ema_*.json): the path network's output layer started at zero, "land_zero" ({"geopath_zero_init": True},
+    # commit 392ddfc), and Polyak averaging of the stage-1 iterates, "land_ema0.99" ({"geopath_ema": 0.99}, commit
+    # 1dd978c)
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},

@@ -311,3 +311,29 @@ def test_models_saved_before_land_anchors_load_unchanged():
     for k in range(2):
         torch.testing.assert_close(m2.method.metrics[k].inverse_h(x), model.method.metrics[k].inverse_h(x))
     np.testing.assert_array_equal(m2.velocity(a.obsm["X_pca"][:5], 0.5), model.velocity(a.obsm["X_pca"][:5], 0.5))
+
+
+def test_phi_once_per_distinct_pair_equals_phi_per_draw():
+    """Stage 2's per-pair evaluation of the time-free interpolant gives phi of every drawn pair."""
+    from sctraj.engine.couplings import Pairs
+    from sctraj.models.metricfm import _phi_per_pair
+
+    torch.manual_seed(0)
+    g = GeodesicInterpolant(3, width=16, depth=2, act="selu", use_time=False)
+    rng = np.random.default_rng(0)
+    snaps = [(torch.randn(7, 3), torch.randn(5, 3)), (torch.randn(5, 3), torch.randn(9, 3))]
+    pairs = [Pairs(rng.integers(len(a), size=40), rng.integers(len(b), size=40), np.ones(40)) for a, b in snaps]
+    with torch.no_grad():
+        got = _phi_per_pair(g, snaps, pairs, "cpu")
+        for (a, b), p, phi in zip(snaps, pairs, got, strict=True):
+            torch.testing.assert_close(phi, g.phi(torch.cat([a[p.i0], b[p.i1]], 1)))
+
+
+def test_stage1_schedule_and_clipping_options():
+    a = _adata()
+    sctraj.tl.fit_flow(a, "time", method="metricfm", geopath_lr_schedule="cosine", geopath_grad_clip=0.5, **TINY)
+    assert np.isfinite(a.uns["sctraj"]["history"]["geopath_loss"]).all()
+    with pytest.raises(ValueError, match="geopath_lr_schedule"):
+        MetricFMConfig(geopath_lr_schedule="step")
+    with pytest.raises(ValueError, match="geopath_grad_clip"):
+        MetricFMConfig(geopath_grad_clip=0)

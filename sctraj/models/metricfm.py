@@ -112,12 +112,6 @@ class MetricFMConfig(MethodConfig):
         ``"constant"`` or ``"cosine"`` (decayed to a hundredth over the stage-1 steps, as ``lr_schedule`` in stage 2).
     geopath_grad_clip
         Clip the interpolant's gradient norm to this value in stage 1 (``None``: no clipping).
-    geopath_ema
-        If positive, stage 2 uses an exponential moving average of the interpolant's weights over the stage-1 steps
-        with this decay (e.g. ``0.99``) instead of the last iterate.
-    geopath_zero_init
-        Start the interpolant's output layer at zero, so that the paths are straight (OT-CFM's) until stage 1 bends
-        them; otherwise a randomly initialised ``phi`` bends every path at random at the start.
     geopath_width
         Hidden width of the interpolant network ``phi``; ``None`` uses ``width``.
     geopath_batch_size
@@ -170,8 +164,6 @@ class MetricFMConfig(MethodConfig):
     geopath_lr: float = 1e-3
     geopath_lr_schedule: str = "constant"
     geopath_grad_clip: float | None = None
-    geopath_zero_init: bool = False
-    geopath_ema: float = 0.0
     geopath_width: int | None = None
     geopath_batch_size: int | None = None
     geopath_time: bool = False
@@ -196,9 +188,6 @@ class MetricFMConfig(MethodConfig):
         self.check_positive(("land_gamma",), keyword="scott")
         self.check_positive(("land_gamma_scale", "metric_alpha", "rbf_kappa", "geopath_lr"))
         self.check_positive(("metric_eps",), keyword="auto")
-        if not (isinstance(self.geopath_ema, int | float) and not isinstance(self.geopath_ema, bool)
-                and 0 <= self.geopath_ema < 1):
-            raise ValueError(f"geopath_ema must be in [0, 1), got {self.geopath_ema!r}.")
         if self.geopath_grad_clip is not None:
             self.check_positive(("geopath_grad_clip",))
         if self.geopath_steps is not None:
@@ -209,7 +198,7 @@ class MetricFMConfig(MethodConfig):
         self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
-        for name in ("geopath_time", "land_pool", "geopath_zero_init"):
+        for name in ("geopath_time", "land_pool"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not (isinstance(self.geopath_val_fraction, int | float) and 0 <= self.geopath_val_fraction < 0.5):
@@ -260,14 +249,10 @@ def _act_derivative(act: nn.Module, pre: torch.Tensor, out: torch.Tensor) -> tor
 class GeodesicInterpolant(nn.Module):
     """``x_s = (1-s) x0 + s x1 + gamma(s) phi(x0, x1[, t])`` with ``gamma(s) = 2 s (1-s)`` and an MLP ``phi``."""
 
-    def __init__(self, dim: int, *, width: int, depth: int, act: str, use_time: bool = True,
-                 zero_init: bool = False) -> None:
+    def __init__(self, dim: int, *, width: int, depth: int, act: str, use_time: bool = True) -> None:
         super().__init__()
         self.use_time = bool(use_time)
         self.phi = mlp(2 * dim + int(self.use_time), dim, width, depth, act)
-        if zero_init:  # phi = 0 before training: the paths start straight (OT-CFM's) instead of randomly bent
-            nn.init.zeros_(self.phi[-1].weight)
-            nn.init.zeros_(self.phi[-1].bias)
 
     @staticmethod
     def gamma(s: torch.Tensor) -> torch.Tensor:
@@ -372,8 +357,7 @@ class MetricFM(BaseMethod):
         cfg = config
         self.net = VectorField(dim, width=cfg.width, depth=cfg.depth, act=cfg.activation)
         self.interpolant = GeodesicInterpolant(dim, width=cfg.geopath_width or cfg.width, depth=cfg.depth,
-                                               act=cfg.activation, use_time=cfg.geopath_time,
-                                               zero_init=cfg.geopath_zero_init)
+                                               act=cfg.activation, use_time=cfg.geopath_time)
         kind = self.meta.get("metric", resolve_metric(cfg.metric, dim, cfg.land_max_dims))
         sizes = [int(n) for n in self.meta.get("interval_cells", [])]
         eps = None if cfg.metric_eps == "auto" else float(cfg.metric_eps)
@@ -572,25 +556,11 @@ class MetricFM(BaseMethod):
                     best["bad"] += 1
                     return best["bad"] >= cfg.geopath_patience
 
-                ema = ([p.detach().clone() for p in self.interpolant.parameters()] if cfg.geopath_ema > 0
-                       else None)
-
-                def after_step(step):
-                    if ema is not None:  # exponential moving average of the iterates (Polyak averaging)
-                        with torch.no_grad():
-                            torch._foreach_lerp_(ema, [p.detach() for p in self.interpolant.parameters()],
-                                                 1.0 - cfg.geopath_ema)
-                    return check(step)
-
                 self._geopath_steps_run = len(train(
                     self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
                     lr_schedule=cfg.geopath_lr_schedule, grad_clip=cfg.geopath_grad_clip,
                     progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
-                    stop=after_step, sync_every=cfg.geopath_eval_every)["geopath_loss"])
-                if ema is not None:
-                    with torch.no_grad():
-                        for p, e in zip(self.interpolant.parameters(), ema, strict=True):
-                            p.copy_(e)
+                    stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
                 if best["state"] is not None:
                     self.interpolant.load_state_dict(best["state"])
                 if use_val:  # stage 1 saw the training split only; stage 2 couples all cells
