@@ -142,18 +142,27 @@ class LANDMetric(nn.Module):
         With ``v = 0`` this is the plain sum over cells. The log weights are one product of ``[x^2, x]`` with a
         ``(2 d, n_anchors)`` matrix, and ``h`` one product with ``(n_anchors, 3 d)`` moments, as for plain landmarks.
         """
-        m, v, n = self.landmarks, self.spread, self.counts[:, None]
-        g2 = self.gamma**2
-        A = 0.5 / (g2 + v)  # (L, d)
-        r = g2 / (g2 + v)
-        bias = (0.5 * torch.log(r) - m * m * A).sum(1)[None] + torch.log(n.clamp_min(1e-30)).T
-        PT = torch.cat([-A, 2 * m * A], 1).T.contiguous()  # logw = [x^2, x] @ PT + bias
-        r2 = r * r
-        momT = torch.cat([r2 * m * m + r * v, r2 * m, r2], 1).T.contiguous()  # (3 d, L)
-        QT = torch.cat([2 * m * A, A], 1).T.contiguous()  # dlogw/dx_a = (2 m A)_ja - 2 x_a A_ja
-        scale = float(self.scale)
-        return torch.cat([_LANDKernel.apply(x[s : s + chunk_size], PT, momT, QT, bias, scale)
-                          for s in range(0, x.shape[0], chunk_size)])
+        ops = self._operands()
+        return torch.cat([_LANDKernel.apply(x[s : s + chunk_size], *ops) for s in range(0, x.shape[0], chunk_size)])
+
+    @torch.no_grad()
+    def _operands(self) -> tuple:
+        """The kernel's landmark matrices, rebuilt only when a buffer has changed (fit, load, a move to another device):
+        rebuilding them on every call was a fifth of the LAND cost of a stage-1 step (512 anchors, 256 points)."""
+        bufs = (self.landmarks, self.spread, self.counts, self.scale)
+        key = tuple((b.data_ptr(), b._version) for b in bufs) + (self.gamma,)
+        if getattr(self, "_cache", (None,))[0] != key:
+            m, v, n = self.landmarks, self.spread, self.counts[:, None]
+            g2 = self.gamma**2
+            A = 0.5 / (g2 + v)  # (L, d)
+            r = g2 / (g2 + v)
+            bias = (0.5 * torch.log(r) - m * m * A).sum(1)[None] + torch.log(n.clamp_min(1e-30)).T
+            PT = torch.cat([-A, 2 * m * A], 1).T.contiguous()  # logw = [x^2, x] @ PT + bias
+            r2 = r * r
+            momT = torch.cat([r2 * m * m + r * v, r2 * m, r2], 1).T.contiguous()  # (3 d, L)
+            QT = torch.cat([2 * m * A, A], 1).T.contiguous()  # dlogw/dx_a = (2 m A)_ja - 2 x_a A_ja
+            self._cache = (key, (PT, momT, QT, bias, float(self.scale)))
+        return self._cache[1]
 
     def inverse_h(self, x: torch.Tensor) -> torch.Tensor:
         """Diagonal of ``G(x) = (diag(h(x)) + eps)^-alpha``, shape ``(n, dim)``."""
