@@ -342,10 +342,10 @@ class TrajectoryModel:
 
         ``where`` names the source in error messages (a file path, or ``adata.uns['sctraj']['model']``).
         """
-        Method, config = check_state(state, where)
+        Method, config, sd = check_state(state, where)
         method = Method(int(state["dim"]), config, state.get("meta", {}))
         try:
-            method.load_state_dict(Method.upgrade_state_dict(state["state_dict"]))
+            method.load_state_dict(sd)
         except RuntimeError as e:
             raise ValueError(f"{where} does not match the {state['method']!r} network layout: {e}") from None
         method.to(resolve_device(device))
@@ -384,7 +384,8 @@ _SETUP_KEYS = {"time_key": str, "use_rep": str, "times": list, "mean": list, "sc
 
 
 def check_state(state, where: str):
-    """Check the header of a saved model before anything is allocated; returns ``(Method, config)``.
+    """Check the header of a saved model before anything is allocated; returns ``(Method, config, state_dict)``
+    with the state dict upgraded to the current layout (:meth:`BaseMethod.upgrade_state_dict`).
 
     Checks the format marker and version, the method name, the dimension, the config, the coordinate setup and that
     every tensor of the state dict has exactly the shape the network would have (computed on torch's ``meta``
@@ -440,11 +441,12 @@ def check_state(state, where: str):
             expected = {k: tuple(v.shape) for k, v in Method(dim, config, state.get("meta", {})).state_dict().items()}
     except Exception as e:  # noqa: BLE001 - any failure to build the network means the header is inconsistent
         raise bad(f"its {state['method']!r} network cannot be built ({type(e).__name__}: {e})") from None
-    got = {k: tuple(v.shape) for k, v in Method.upgrade_state_dict(sd).items()}
+    sd = Method.upgrade_state_dict(sd)
+    got = {k: tuple(v.shape) for k, v in sd.items()}
     if got != expected:
         diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))[:3]
         raise bad(
             f"its tensors do not match a {state['method']!r} network of dim={dim} "
             f"(e.g. {[(k, got.get(k), expected.get(k)) for k in diff]} as (name, in file, expected))"
         )
-    return Method, config
+    return Method, config, sd
