@@ -479,14 +479,15 @@ class MetricFM(BaseMethod):
         dt_all = torch.as_tensor(np.repeat(np.diff(tau), B), dtype=torch.float32, device=device)
 
         def draw(samplers, idx, n):
-            """``n`` pairs per interval: (x0, x1) stacked interval-major, as tensors."""
-            x0s, x1s = [], []
+            """``n`` pairs per interval: per-interval lists of x0 and x1 (tensors) and the drawn pairs."""
+            x0s, x1s, pairs = [], [], []
             for k, smp in enumerate(samplers):
                 p = smp.take(n)
                 i0, i1 = (p.i0, p.i1) if idx is None else (idx[k][0][p.i0], idx[k][1][p.i1])
                 x0s.append(X[k][torch.from_numpy(i0).to(device)])
                 x1s.append(X[k + 1][torch.from_numpy(i1).to(device)])
-            return x0s, x1s
+                pairs.append(p)
+            return x0s, x1s, pairs
 
         history: dict[str, list[float]] = {}
         g_max = max(1, n_steps // 4) if cfg.geopath_steps is None else int(cfg.geopath_steps)
@@ -507,7 +508,7 @@ class MetricFM(BaseMethod):
                                         for k in range(n_int) for n in (xt.shape[0] // n_int,)])
 
                 def batch(smps, idx, n, g):
-                    x0s, x1s = draw(smps, idx, n)
+                    x0s, x1s, _ = draw(smps, idx, n)
                     x0, x1 = torch.cat(x0s), torch.cat(x1s)
                     s = torch.rand(x0.shape[0], device=device, generator=g)
                     t0 = torch.as_tensor(np.repeat(tau[:-1], n), dtype=torch.float32, device=device)
@@ -583,11 +584,8 @@ class MetricFM(BaseMethod):
                 # pairs, times, noise and the frozen interpolant's points and velocities for the next n steps at once;
                 # each path sample serves path_reuse of these steps (in shuffled order, fresh noise each time)
                 m = -(-n // cfg.path_reuse)
-                pairs = [smp.take(m * B) for smp in samplers]
-                i0s = [torch.from_numpy(p.i0).to(device) for p in pairs]
-                i1s = [torch.from_numpy(p.i1).to(device) for p in pairs]
-                x0 = steps_major([X[k][i] for k, i in enumerate(i0s)], m)
-                x1 = steps_major([X[k + 1][i] for k, i in enumerate(i1s)], m)
+                x0s, x1s, pairs = draw(samplers, None, m * B)
+                x0, x1 = steps_major(x0s, m), steps_major(x1s, m)
                 s = torch.rand(m * n_int * B, device=device, generator=gen)
                 t0, dt = t0_all.repeat(m), dt_all.repeat(m)
                 with torch.no_grad():
