@@ -91,6 +91,12 @@ CONFIGS: dict[str, dict] = {
     # and _ema_*.json): the path network's output layer started at zero, "land_zero" ({"geopath_zero_init": True},
     # commit 392ddfc), and Polyak averaging of the stage-1 iterates, "land_ema0.99" ({"geopath_ema": 0.99}, commit
     # 1dd978c)
+    # issue 15 item 5: early stopping as the reference does it, on the current defaults (no time input)
+    "land_es": {"geopath_val_fraction": 0.1},
+    # stage 2: the field with the lowest held-out flow-matching loss (10 % of the cells held out), and a cosine decay
+    "land_fval": {"flow_val_fraction": 0.1},
+    "land_es_fval": {"geopath_val_fraction": 0.1, "flow_val_fraction": 0.1},
+    "land_cos": {"lr_schedule": "cosine"},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},

@@ -337,3 +337,31 @@ def test_stage1_schedule_and_clipping_options():
         MetricFMConfig(geopath_lr_schedule="step")
     with pytest.raises(ValueError, match="geopath_grad_clip"):
         MetricFMConfig(geopath_grad_clip=0)
+
+
+def test_flow_stage_keeps_its_best_field_on_held_out_cells():
+    """``flow_val_fraction``: stage 2 keeps the field with the lowest held-out loss (and may stop early)."""
+    a = _adata()
+    # a learning rate this large makes the held-out loss jump about: the best field is rarely the last one
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **{**TINY, "n_steps": 40}, lr=0.05, flow_val_fraction=0.2,
+                       flow_eval_every=2)
+    rec = a.uns["sctraj"]
+    val = rec["history"]["flow_val_loss"]
+    assert len(val) == 20 and len(rec["history"]["loss"]) == 40
+    assert rec["flow_best_step"] == 2 * (int(np.argmin(val)) + 1)
+    # the loss recomputed after the fit is that of the best checkpoint: the kept field was reloaded
+    assert rec["flow_val_loss"] == pytest.approx(min(val), rel=1e-6)
+    # patience: a learning rate too small to improve the held-out loss stops stage 2 early; with the same split in
+    # both stages (equal fractions) stage 2 draws on from stage 1's samplers
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **{**TINY, "n_steps": 400}, lr=1e-9, flow_val_fraction=0.1,
+                       geopath_val_fraction=0.1, flow_eval_every=2, flow_patience=2)
+    rec = a.uns["sctraj"]
+    assert len(rec["history"]["loss"]) < 400 and rec["flow_best_step"] <= len(rec["history"]["loss"])
+    # off by default: every cell trains the field, the last field is kept
+    sctraj.tl.fit_flow(a, "time", method="metricfm", **TINY)
+    assert "flow_best_step" not in a.uns["sctraj"] and "flow_val_loss" not in a.uns["sctraj"]["history"]
+    for bad, msg in (({"flow_val_fraction": 0.5}, "flow_val_fraction"), ({"flow_val_fraction": True},
+                     "flow_val_fraction"), ({"flow_eval_every": 0}, "flow_eval_every"),
+                     ({"flow_patience": 0}, "flow_patience")):
+        with pytest.raises(ValueError, match=msg):
+            MetricFMConfig(**bad)

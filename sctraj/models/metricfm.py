@@ -133,6 +133,15 @@ class MetricFMConfig(MethodConfig):
         and the best interpolant is kept. Off by default (``0``: ``geopath_steps`` steps on all cells): with 0.1 the
         held-out W1 was worse on iPSC (0.6225 vs 0.5865, seed 0; its snapshots leave 9-46 held-out cells) and on
         hematopoiesis, better on EB at half the steps (``benchmarks/results/metricfm.md``).
+    flow_val_fraction, flow_eval_every, flow_patience
+        Best-checkpoint selection in stage 2 when ``flow_val_fraction > 0`` (e.g. 0.1; the reference code
+        early-stops its flow stage on a validation split too): this fraction of each snapshot's cells is held out,
+        the field is trained on pairs of the other cells, and its flow-matching loss on fixed held-out samples (OT
+        pairs of held-out cells, their learned-path points, velocities and noise) is evaluated every
+        ``flow_eval_every`` steps; the field with the lowest held-out loss is kept. ``flow_patience``: stop after
+        this many evaluations without improvement (``None``: run all steps). With ``flow_val_fraction`` equal to
+        ``geopath_val_fraction`` both stages use the same split. Off by default (``0``: every cell trains the field
+        and the last field is kept).
     ot_block_size, ot_refresh, ot_full_size
         OT settings, as in ``otcfm`` (the same coupling in both stages).
     num_threads
@@ -171,6 +180,9 @@ class MetricFMConfig(MethodConfig):
     geopath_val_fraction: float = 0.0
     geopath_eval_every: int = 25
     geopath_patience: int = 4
+    flow_val_fraction: float = 0.0
+    flow_eval_every: int = 50
+    flow_patience: int | None = None
     ot_block_size: int = 512
     ot_refresh: int = 25
     ot_full_size: int = 1024
@@ -195,14 +207,18 @@ class MetricFMConfig(MethodConfig):
         for name in ("geopath_width", "geopath_batch_size"):
             if getattr(self, name) is not None:
                 self.check_ints((name,))
-        self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience",
+        if self.flow_patience is not None:
+            self.check_ints(("flow_patience",))
+        self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience", "flow_eval_every",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
         for name in ("geopath_time", "land_pool"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        if not (isinstance(self.geopath_val_fraction, int | float) and 0 <= self.geopath_val_fraction < 0.5):
-            raise ValueError(f"geopath_val_fraction must be in [0, 0.5), got {self.geopath_val_fraction!r}.")
+        for name in ("geopath_val_fraction", "flow_val_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, int | float) and 0 <= v < 0.5):
+                raise ValueError(f"{name} must be in [0, 0.5), got {v!r}.")
         if not self.sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma!r}.")
 
@@ -389,6 +405,8 @@ class MetricFM(BaseMethod):
         if self.metric_kind == "land":  # the bandwidth each interval used (internal units)
             out["land_gamma"] = np.array([m.gamma for m in self.metrics], float)
         out["geopath_steps_run"] = int(getattr(self, "_geopath_steps_run", 0))
+        if getattr(self, "_flow_best", None) is not None:  # stage 2 kept its best field (flow_val_fraction)
+            out["flow_best_step"], out["flow_val_loss"] = int(self._flow_best[0]), float(self._flow_best[1])
         return out
 
     @classmethod
@@ -492,13 +510,16 @@ class MetricFM(BaseMethod):
         history: dict[str, list[float]] = {}
         g_max = max(1, n_steps // 4) if cfg.geopath_steps is None else int(cfg.geopath_steps)
         self._geopath_steps_run = 0
+        self._flow_best = None
         samplers: list[couplings.PairSampler] = []
+        geo_split = None  # stage 1's train / held-out cells per snapshot, when it held some out
         try:
             # ---- stage 1: approximate geodesics (minimise the kinetic energy under G) -------------------------
             if g_max > 0:
                 splits = [_split(len(x), cfg.geopath_val_fraction, np.random.default_rng(rng.integers(2**63)))
                           for x in data.X]
                 use_val = all(len(v) > 0 for _, v in splits)
+                geo_split = splits if use_val else None
                 tr = [(splits[k][0], splits[k + 1][0]) if use_val else
                       (np.arange(len(data.X[k])), np.arange(len(data.X[k + 1]))) for k in range(n_int)]
                 samplers = [sampler(k, *tr[k]) for k in range(n_int)]
@@ -564,16 +585,67 @@ class MetricFM(BaseMethod):
                     stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
                 if best["state"] is not None:
                     self.interpolant.load_state_dict(best["state"])
-                if use_val:  # stage 1 saw the training split only; stage 2 couples all cells
-                    for smp in samplers:
-                        smp.close()
-                    samplers = []
             # ---- stage 2: flow matching on the frozen learned paths ----------------------------------------
             for p in self.interpolant.parameters():
                 p.requires_grad_(False)
-            # without a held-out split stage 2 draws on from stage 1's samplers (the same cells and coupling): their
+            # stage 2's held-out cells (flow_val_fraction > 0): stage 1's split when the fractions agree
+            split2 = None
+            if cfg.flow_val_fraction > 0:
+                split2 = geo_split if (geo_split is not None and cfg.flow_val_fraction == cfg.geopath_val_fraction) \
+                    else [_split(len(x), cfg.flow_val_fraction, np.random.default_rng(rng.integers(2**63)))
+                          for x in data.X]
+                if not all(len(v) > 0 for _, v in split2):
+                    split2 = None
+            tr2 = None if split2 is None else [(split2[k][0], split2[k + 1][0]) for k in range(n_int)]
+            # stage 2 draws on from stage 1's samplers when both train on the same cells (the same coupling): their
             # plans are not solved twice (on EB four full plans, on hematopoiesis 80 block plans at the defaults)
-            samplers = samplers or [sampler(k) for k in range(n_int)]
+            if split2 is not geo_split:
+                for smp in samplers:
+                    smp.close()
+                samplers = []
+            samplers = samplers or [sampler(k, *(tr2[k] if tr2 else ())) for k in range(n_int)]
+            snaps2 = [(X[k], X[k + 1]) if tr2 is None else
+                      (X[k][torch.from_numpy(tr2[k][0]).to(device)], X[k + 1][torch.from_numpy(tr2[k][1]).to(device)])
+                      for k in range(n_int)]
+            fval = None
+            if split2 is not None:  # fixed held-out samples: OT pairs of held-out cells, times, points, noise
+                vi = [(split2[k][1], split2[k + 1][1]) for k in range(n_int)]
+                vs = [couplings.PairSampler(data.X[k][vi[k][0]], data.X[k + 1][vi[k][1]], plan_fn(k),
+                                            batch_size=B, block_size=cfg.ot_block_size, refresh=1,
+                                            full_size=cfg.ot_full_size, background=False,
+                                            rng=np.random.default_rng(rng.integers(2**63)))
+                      for k in range(n_int)]
+                try:
+                    nv = 4 * B
+                    x0s, x1s, _ = draw(vs, vi, nv)
+                finally:
+                    for v in vs:
+                        v.close()
+                gv = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
+                s = torch.rand(n_int * nv, device=device, generator=gv)
+                t0 = torch.as_tensor(np.repeat(tau[:-1], nv), dtype=torch.float32, device=device)
+                dt = torch.as_tensor(np.repeat(np.diff(tau), nv), dtype=torch.float32, device=device)
+                with torch.no_grad():
+                    xt, ut = self.interpolant.point_and_velocity(torch.cat(x0s), torch.cat(x1s), s, t0, dt)
+                fval = (xt + cfg.sigma * torch.randn(xt.shape, device=device, generator=gv), t0 + s * dt,
+                        ut / dt[:, None])
+            fbest = {"loss": float("inf"), "state": None, "bad": 0, "step": -1}
+
+            def flow_val_loss():
+                with torch.no_grad():  # (averaged over the ranks of a data-parallel fit: every rank keeps the same)
+                    return float(distributed.mean(torch.mean((self.net(fval[0], fval[1]) - fval[2]) ** 2)))
+
+            def check_flow(step):
+                if fval is None or (step + 1) % cfg.flow_eval_every:
+                    return False
+                lv = flow_val_loss()
+                history.setdefault("flow_val_loss", []).append(lv)
+                if fbest["state"] is None or lv < fbest["loss"]:
+                    fbest.update(loss=lv, bad=0, step=step + 1,
+                                 state={k: v.detach().clone() for k, v in self.net.state_dict().items()})
+                    return False
+                fbest["bad"] += 1
+                return cfg.flow_patience is not None and fbest["bad"] >= cfg.flow_patience
             chunk = max(1, min(cfg.chunk_steps, n_steps))
             buf: dict[str, torch.Tensor] = {}
 
@@ -584,7 +656,7 @@ class MetricFM(BaseMethod):
                 # pairs, times, noise and the frozen interpolant's points and velocities for the next n steps at once;
                 # each path sample serves path_reuse of these steps (in shuffled order, fresh noise each time)
                 m = -(-n // cfg.path_reuse)
-                x0s, x1s, pairs = draw(samplers, None, m * B)
+                x0s, x1s, pairs = draw(samplers, tr2, m * B)
                 x0, x1 = steps_major(x0s, m), steps_major(x1s, m)
                 s = torch.rand(m * n_int * B, device=device, generator=gen)
                 t0, dt = t0_all.repeat(m), dt_all.repeat(m)
@@ -593,7 +665,7 @@ class MetricFM(BaseMethod):
                     # interval come from a few plans with at most n0 + n1 - 1 pairs each: phi is evaluated once per
                     # distinct pair (on EB 12,800 draws per interval and chunk hit about 1,100 pairs) and gathered
                     phi = None if self.interpolant.use_time else steps_major(_phi_per_pair(
-                        self.interpolant, [(X[k], X[k + 1]) for k in range(n_int)], pairs, device), m)
+                        self.interpolant, snaps2, pairs, device), m)
                     xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt, phi=phi)
                 order = torch.randperm(m * cfg.path_reuse, generator=gen, device=device)[:n] % m
                 xt, ut = xt.reshape(m, n_int * B, d)[order], (ut / dt[:, None]).reshape(m, n_int * B, d)[order]
@@ -610,7 +682,11 @@ class MetricFM(BaseMethod):
                 return {"loss": torch.mean((pred - buf["u"][j]) ** 2)}
 
             train(self.net.parameters(), fm_loss, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                  lr_schedule=cfg.lr_schedule, progress=progress, desc=f"{self.name}", history=history)
+                  lr_schedule=cfg.lr_schedule, progress=progress, desc=f"{self.name}", history=history,
+                  stop=check_flow if fval is not None else None)
+            if fbest["state"] is not None:
+                self.net.load_state_dict(fbest["state"])
+                self._flow_best = (fbest["step"], flow_val_loss())  # the kept field's held-out loss, recomputed
         finally:
             for smp in samplers:
                 smp.close()
