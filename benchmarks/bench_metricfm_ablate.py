@@ -97,6 +97,12 @@ CONFIGS: dict[str, dict] = {
     "land_fval": {"flow_val_fraction": 0.1},
     "land_es_fval": {"geopath_val_fraction": 0.1, "flow_val_fraction": 0.1},
     "land_cos": {"lr_schedule": "cosine"},
+    # stage 1 further converged: twice the steps, a larger learning rate, twice the steps at half the batch (same cost)
+    "land_g1000": {"geopath_steps": 1000},
+    "land_glr2e-3": {"geopath_lr": 2e-3},
+    "land_g1000_gb128": {"geopath_steps": 1000, "geopath_batch_size": 128},
+    # the reference builds its metric from equally many cells of each snapshot: snapshot-balanced LAND weights
+    "land_bal": {"land_balance": True},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},
