@@ -175,7 +175,7 @@ SPEED_VARIANTS = {
 }
 
 
-def speed(seeds):
+def speed(seeds, variants=None):
     """CPU seconds of one default fit on all time points, ``otcfm`` and each ``metricfm`` variant one after the other
     in one process (one torch thread), per dataset and seed; the ratio to ``otcfm`` of the same dataset and seed."""
     import os
@@ -197,6 +197,8 @@ def speed(seeds):
         for name, a, key, rep in (("hematopoiesis 2-d", h, "day", "X_emb"), ("EB 5-d", e5, "day", "X_pca_scaled"),
                                   ("EB 50-d", e50, "day", "X_pca_scaled")):
             for label, (m, kw) in SPEED_VARIANTS.items():
+                if variants and label not in variants and label != "otcfm":
+                    continue
                 c0, w0 = time.process_time(), time.perf_counter()
                 sctraj.tl.fit_flow(a, key, method=m, use_rep=rep, random_state=s, progress=False,
                                    trajectory_n_grid=0, key_added="_speed", **kw)
@@ -219,6 +221,7 @@ def main():
     ap.add_argument("--part", choices=["all", "loo", "arc", "scale", "speed"], default="all",
                     help="'all' (what make bench runs): arc (both toys), loo, scale")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=None, help="speed: these SPEED_VARIANTS only (and otcfm)")
     ap.add_argument("--n-steps", type=int, default=None)
     ap.add_argument("--n-cells", type=int, default=30_000)
     ap.add_argument("--dim", type=int, default=50)
@@ -239,7 +242,7 @@ def main():
     if args.part in ("loo", "all"):
         loo(args.seeds, args.n_steps, args.datasets, args.ipsc_heldout)
     if args.part == "speed":
-        speed(args.seeds)
+        speed(args.seeds, args.variants)
     if args.part in ("scale", "all"):
         scale(args.n_cells, args.dim, args.n_steps or 2000)
     print(f"\nwall {time.perf_counter() - t0:.0f}s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

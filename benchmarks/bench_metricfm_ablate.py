@@ -103,6 +103,8 @@ CONFIGS: dict[str, dict] = {
     "land_g1000_gb128": {"geopath_steps": 1000, "geopath_batch_size": 128},
     # the reference builds its metric from equally many cells of each snapshot: snapshot-balanced LAND weights
     "land_bal": {"land_balance": True},
+    # four times the stage-1 steps at a quarter of the batch (same number of metric evaluations)
+    "land_g2000_gb64": {"geopath_steps": 2000, "geopath_batch_size": 64},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},
