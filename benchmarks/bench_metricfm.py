@@ -172,6 +172,9 @@ SPEED_VARIANTS = {
     "otcfm": ("otcfm", {}),
     "metricfm": ("metricfm", {}),
     "metricfm geopath_time=True": ("metricfm", {"geopath_time": True}),  # the path network input before 2026-12-02
+    # issue 15 item 5 candidate: twice the stage-1 steps at half the stage-1 batch
+    "metricfm g1000 gb128": ("metricfm", {"geopath_steps": 1000, "geopath_batch_size": 128}),
+    "metricfm g1000": ("metricfm", {"geopath_steps": 1000}),
 }
 
 

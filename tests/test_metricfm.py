@@ -92,48 +92,6 @@ def test_land_anchors_pool_cells_exactly_and_beat_a_subsample():
     assert float(m2.counts.min()) == 1 and float(m2.spread.abs().max()) == 0
 
 
-def test_land_cell_weights_count_as_repeated_cells():
-    """``LANDMetric.fit(..., weights=w)``: a cell of weight ``w`` counts as ``w`` cells, as landmark and in a pool."""
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((300, 2)).astype(np.float32)
-    w = rng.integers(0, 4, size=300)
-    q = torch.as_tensor(rng.standard_normal((50, 2)).astype(np.float32))
-    weighted = LANDMetric(2, 300, gamma=0.3).fit(X, rng, weights=w.astype(float))
-    repeated = LANDMetric(2, int(w.sum()), gamma=0.3).fit(np.repeat(X, w, axis=0), rng)
-    torch.testing.assert_close(weighted.h(q), repeated.h(q), rtol=1e-4, atol=1e-6)
-    # pools: weighted counts, centroids and variances of the cells nearest to each drawn cell
-    m = LANDMetric(2, 40, gamma=0.3, pool=True).fit(X, np.random.default_rng(5), weights=w.astype(float))
-    drawn = X[np.sort(np.random.default_rng(5).choice(300, size=40, replace=False))]
-    near = np.argmin(((X[:, None] - drawn[None]) ** 2).sum(-1), 1)
-    for j in np.unique(near[w > 0])[:10]:
-        sel = (near == j) & (w > 0)
-        mu = np.average(X[sel], axis=0, weights=w[sel])
-        assert float(m.counts[j]) == pytest.approx(w[sel].sum())
-        np.testing.assert_allclose(m.landmarks[j].numpy(), mu, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(m.spread[j].numpy(), np.average((X[sel] - mu) ** 2, axis=0, weights=w[sel]),
-                                   rtol=1e-3, atol=1e-5)
-    assert float(m.counts.sum()) == pytest.approx(w.sum())
-    with pytest.raises(ValueError, match="weights"):
-        LANDMetric(2, 40, gamma=0.3).fit(X, rng, weights=-np.ones(300))
-
-
-def test_land_balance_weighs_the_snapshots_equally():
-    a = _adata()
-    t = a.obs["time"].to_numpy()
-    a = a[(t != 0.0) | (np.cumsum(t == 0.0) % 3 == 0)].copy()  # a third of the first snapshot: unbalanced
-    n = [int((a.obs["time"] == t).sum()) for t in (0.0, 1.0, 2.5)]
-    assert n[0] < n[1] / 2
-    model = sctraj.tl.fit_flow(a, "time", method="metricfm", land_balance=True, land_max_points=1000, **TINY)
-    for k, m in enumerate(model.method.metrics):  # every cell a landmark: its count is its snapshot's weight
-        half = (n[k] + n[k + 1]) / 2
-        want = np.r_[np.full(n[k], half / n[k]), np.full(n[k + 1], half / n[k + 1])]
-        np.testing.assert_allclose(m.counts.numpy(), want, rtol=1e-6)
-    off = sctraj.tl.fit_flow(a, "time", method="metricfm", land_max_points=1000, **TINY)
-    assert float(off.method.metrics[0].counts.max()) == 1
-    with pytest.raises(ValueError, match="land_balance"):
-        MetricFMConfig(land_balance=1)
-
-
 def test_resolve_metric():
     assert resolve_metric("auto", 5, 10) == "land"
     assert resolve_metric("auto", 50, 10) == "rbf"

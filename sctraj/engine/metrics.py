@@ -109,40 +109,21 @@ class LANDMetric(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def fit(self, X: np.ndarray, rng: np.random.Generator, weights: np.ndarray | None = None) -> LANDMetric:
-        """Landmarks from the cells ``X``: all of them when they fit, else a uniform draw (pooled or rescaled).
-
-        ``weights``: per-cell weights (non-negative, one per cell; ``None``: 1 each). A cell of weight ``w`` counts
-        as ``w`` cells in ``h``: a landmark cell's count, a pool's count, centroid and variance are weighted.
-        """
+    def fit(self, X: np.ndarray, rng: np.random.Generator) -> LANDMetric:
+        """Landmarks from the cells ``X``: all of them when they fit, else a uniform draw (pooled or rescaled)."""
         n = self.landmarks.shape[0]
         dev, dt = self.landmarks.device, self.landmarks.dtype
-        if weights is not None:
-            weights = np.asarray(weights, np.float64).reshape(-1)
-            if len(weights) != len(X) or not (np.isfinite(weights).all() and (weights >= 0).all()):
-                raise ValueError("LAND weights must be finite, non-negative and one per cell.")
         idx = np.arange(len(X)) if len(X) == n else np.sort(rng.choice(len(X), size=n, replace=False))
         L = torch.as_tensor(np.asarray(X)[idx], dtype=dt, device=dev)
-        if weights is None:
-            self.counts.fill_(1.0)
-        else:
-            self.counts.copy_(torch.as_tensor(weights[idx], dtype=dt, device=dev))
+        self.counts.fill_(1.0)
         self.spread.zero_()
         self.scale.fill_(len(X) / n)
         if self.pool and len(X) > n:
             Xt = torch.as_tensor(np.asarray(X), dtype=dt, device=dev)
             near = torch.cat([torch.cdist(Xt[s : s + 4096], L).argmin(1) for s in range(0, len(Xt), 4096)])
-            if weights is None:
-                cnt = torch.bincount(near, minlength=n).to(dt)
-                Xw = Xt
-            else:
-                w = torch.as_tensor(weights, dtype=dt, device=dev)
-                cnt = torch.zeros(n, dtype=dt, device=dev).index_add_(0, near, w)
-                Xw = Xt * w[:, None]
-            pos = cnt > 0
-            mean = torch.zeros_like(L).index_add_(0, near, Xw) / torch.where(pos, cnt, 1.0)[:, None]
-            sq = torch.zeros_like(L).index_add_(0, near, Xw * Xt) / torch.where(pos, cnt, 1.0)[:, None]
-            cnt = cnt * pos  # (pools whose cells all weigh 0 stay empty)
+            cnt = torch.bincount(near, minlength=n).to(dt)
+            mean = torch.zeros_like(L).index_add_(0, near, Xt) / cnt.clamp_min(1)[:, None]
+            sq = torch.zeros_like(L).index_add_(0, near, Xt * Xt) / cnt.clamp_min(1)[:, None]
             L = torch.where(cnt[:, None] > 0, mean, L)
             self.spread.copy_((sq - mean * mean).clamp_min(0.0) * (cnt[:, None] > 0))
             self.counts.copy_(cnt)

@@ -92,11 +92,6 @@ class MetricFMConfig(MethodConfig):
         closely than the 1,024-cell subsample used before on hematopoiesis and cost half as much; held-out W1 over
         EB, iPSC and hematopoiesis was as good or better (``benchmarks/results/metricfm.md``). ``False``: a rescaled
         uniform subsample, as before 2026-12-02 (with ``land_max_points=1024``).
-    land_balance
-        Weigh the snapshots an interval's LAND metric is built from equally (each cell of snapshot ``k`` counts as
-        ``n / (K n_k)`` cells, for ``K`` snapshots of ``n`` cells in all), instead of every cell alike. The reference
-        code builds its metric at every step from the same number of cells of each snapshot. LAND only (the RBF
-        metric ignores it). Off by default.
     rbf_n_centers
         k-means centres per interval for the RBF metric (the reference's 50/100-d configurations: 150).
     rbf_kappa
@@ -169,7 +164,6 @@ class MetricFMConfig(MethodConfig):
     land_gamma_scale: float = 0.65
     land_max_points: int = 512
     land_pool: bool = True
-    land_balance: bool = False
     rbf_n_centers: int = 150
     rbf_kappa: float = 1.5
     metric_alpha: float = 1.0
@@ -218,7 +212,7 @@ class MetricFMConfig(MethodConfig):
         self.check_ints(("land_max_points", "rbf_n_centers", "geopath_eval_every", "geopath_patience", "flow_eval_every",
                          "ot_block_size", "ot_refresh", "ot_full_size", "chunk_steps", "path_reuse"))
         self.check_ints(("num_threads",), minimum=0)
-        for name in ("geopath_time", "land_pool", "land_balance"):
+        for name in ("geopath_time", "land_pool"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("geopath_val_fraction", "flow_val_fraction"):
@@ -479,12 +473,8 @@ class MetricFM(BaseMethod):
         Bg = B if cfg.geopath_batch_size is None else int(cfg.geopath_batch_size)
         # ---- metrics, one per interval, from the cells of its two snapshots (or of all snapshots) -------------
         for k, m in enumerate(self.metrics):
-            snaps = data.X if cfg.metric_cells == "all" else [data.X[k], data.X[k + 1]]
-            Xk = np.concatenate(snaps)
-            w = None
-            if cfg.land_balance and isinstance(m, LANDMetric):  # each snapshot weighs len(Xk) / len(snaps) cells
-                w = np.concatenate([np.full(len(x), len(Xk) / (len(snaps) * len(x))) for x in snaps])
-            m.fit(Xk, np.random.default_rng(rng.integers(2**63)), **({} if w is None else {"weights": w}))
+            Xk = np.concatenate(data.X if cfg.metric_cells == "all" else [data.X[k], data.X[k + 1]])
+            m.fit(Xk, np.random.default_rng(rng.integers(2**63)))
         distributed.broadcast_module(self.metrics)  # data-parallel fits: every rank uses rank 0's metrics
         X = [torch.as_tensor(x, device=device) for x in data.X]
         tau = np.asarray(data.tau, np.float64)
