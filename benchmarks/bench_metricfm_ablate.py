@@ -102,7 +102,7 @@ CONFIGS: dict[str, dict] = {
     "land_glr2e-3": {"geopath_lr": 2e-3},
     "land_g1000_gb128": {"geopath_steps": 1000, "geopath_batch_size": 128},
     # the reference builds its metric from equally many cells of each snapshot: snapshot-balanced LAND weights,
-    # "land_bal" ({"land_balance": True}, commit 4bb25b4; rows in metricfm_ablate_s24_bal_hema.json), removed again
+    # "land_bal" ({"land_balance": True}, commit 68c35f7; rows in metricfm_ablate_s24_bal_hema.json), removed again
     # four times the stage-1 steps at a quarter of the batch (same number of metric evaluations)
     "land_g2000_gb64": {"geopath_steps": 2000, "geopath_batch_size": 64},
     # the reference's EB configuration, as far as it maps onto sctraj
