@@ -16,7 +16,8 @@ the held-out prediction is scored here, in the data's original coordinates (whit
 as sctraj: the reference's test step (100 Euler steps of its flow from the previous time point to the held-out one)
 is reproduced on the same cells.
 
-Usage: python _mfm_reference_runner.py IN.npz OUT.json  (IN: pcs, sample_labels, heldout, seed, threads, workdir)
+Usage: python _mfm_reference_runner.py IN.npz OUT.json  (IN: pcs, sample_labels, heldout, seed, threads, workdir;
+optional ov_* overrides of the reference's settings, ``ov_mfm=0`` being its own OT-CFM without the geodesic stage)
 """
 
 import json
@@ -85,7 +86,7 @@ def main(inp, out):
     for k, v in cfg.items():
         setattr(args, k, v)
     for k in ("gamma", "rho", "alpha_metric", "sigma", "patience", "patience_geopath", "geopath_lr", "epochs",
-              "batch_size"):
+              "batch_size", "mfm"):
         if f"ov_{k}" in d:
             setattr(args, k, d[f"ov_{k}"].item())
     args.gamma_current = float(d["ov_gamma"]) if "ov_gamma" in d else 0.125
@@ -101,16 +102,18 @@ def main(inp, out):
                              activation=args.activation_geopath, batch_norm=False)
     ot_sampler = OTPlanSampler(method=args.optimal_transport_method)
     fm = MetricFlowMatcher(geopath_net=geopath_net, sigma=args.sigma, alpha=int(args.mfm))
-    metric = DataManifoldMetric(args=args, skipped_time_points=skipped, datamodule=dm)
-    cbs = create_callbacks(args, phase="geopath", data_type=args.data_type, run_id="run")
-    geo = GeoPathNetTrain(flow_matcher=fm, skipped_time_points=skipped, ot_sampler=ot_sampler,
-                          data_manifold_metric=metric, args=args)
-    tr = Trainer(max_epochs=args.epochs, callbacks=cbs, accelerator="cpu", logger=False, num_sanity_val_steps=0,
-                 default_root_dir=work, enable_progress_bar=False, enable_model_summary=False)
-    tr.fit(geo, datamodule=dm)
-    geo_epochs = tr.current_epoch
-    geo = GeoPathNetTrain.load_from_checkpoint(cbs[0].best_model_path)
-    fm.geopath_net = geo.geopath_net
+    geo_epochs = 0
+    if args.mfm:  # as the reference's main.py: mfm False (alpha 0, straight interpolants) skips the geodesic stage
+        metric = DataManifoldMetric(args=args, skipped_time_points=skipped, datamodule=dm)
+        cbs = create_callbacks(args, phase="geopath", data_type=args.data_type, run_id="run")
+        geo = GeoPathNetTrain(flow_matcher=fm, skipped_time_points=skipped, ot_sampler=ot_sampler,
+                              data_manifold_metric=metric, args=args)
+        tr = Trainer(max_epochs=args.epochs, callbacks=cbs, accelerator="cpu", logger=False, num_sanity_val_steps=0,
+                     default_root_dir=work, enable_progress_bar=False, enable_model_summary=False)
+        tr.fit(geo, datamodule=dm)
+        geo_epochs = tr.current_epoch
+        geo = GeoPathNetTrain.load_from_checkpoint(cbs[0].best_model_path)
+        fm.geopath_net = geo.geopath_net
     t_geo = time.process_time() - t_cpu
     dm = TemporalDataModule(args=args, skipped_datapoint=h)
     fcbs = create_callbacks(args, phase="flow", data_type=args.data_type, run_id="run", datamodule=dm)

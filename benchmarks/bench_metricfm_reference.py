@@ -19,6 +19,10 @@ Usage: ``python benchmarks/bench_metricfm_reference.py --datasets eb hema ipsc -
 
 Time to quality: ``--steps 250 500 1000`` also fits sctraj's ``metricfm`` with each of these step counts (rows
 ``metricfm@N``), so the CPU seconds at which it reaches the reference's W1 can be read off in the same run.
+
+Ablating the reference: ``--ref-override mfm=0`` runs the reference's own OT-CFM (no geodesic stage, straight
+interpolants, as its ``main.py`` with ``--mfm False``); other keys override its settings the same way (rows
+``reference[KEY=VALUE,...]``).
 """
 
 from __future__ import annotations
@@ -75,15 +79,23 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=["eb", "hema", "ipsc"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--heldout-index", type=int, nargs="+", default=None, help="only these held-out indices")
-    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: reference metricfm otcfm")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: reference metricfm otcfm (reference: also any "
+                                                                    "'reference[...]')")
     ap.add_argument("--ref-batch-size", type=int, default=None,
                     help="the reference's batch size (default: its 128). Its data module needs every snapshot to keep "
                          "at least this many training cells after its validation split (iPSC's smallest has 93 "
                          "cells: use 32)")
+    ap.add_argument("--ref-override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override reference settings (the runner's ov_* keys: gamma rho alpha_metric sigma patience "
+                         "patience_geopath geopath_lr epochs batch_size mfm); rows are then labelled "
+                         "'reference[KEY=VALUE,...]'. mfm=0 is the reference's own OT-CFM: no geodesic stage, "
+                         "straight interpolants, as its main.py with --mfm False")
     ap.add_argument("--steps", type=int, nargs="*", default=[],
                     help="time to quality: also fit sctraj's metricfm with each of these n_steps (rows 'metricfm@N')")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    ref_ov = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.ref_override)}
+    ref_name = "reference" + (f"[{','.join(args.ref_override)}]" if ref_ov else "")
     import torch
 
     import sctraj
@@ -102,11 +114,12 @@ def main():
         for hi in interior:
             h = float(times[hi])
             for s in args.seeds:
-                for method in ("reference", "metricfm", "otcfm", *[f"metricfm@{n}" for n in args.steps]):
-                    if method in args.skip or (method, name, h, s) in done:
+                for method in (ref_name, "metricfm", "otcfm", *[f"metricfm@{n}" for n in args.steps]):
+                    base = "reference" if method == ref_name else method
+                    if base in args.skip or method in args.skip or (method, name, h, s) in done:
                         continue
-                    if method == "reference":
-                        ov = {} if args.ref_batch_size is None else {"batch_size": args.ref_batch_size}
+                    if method == ref_name:
+                        ov = dict(ref_ov, **({} if args.ref_batch_size is None else {"batch_size": args.ref_batch_size}))
                         r = run_reference(X, np.searchsorted(times, t), hi, s, overrides=ov)
                         row = {"W1": r["W1"], "cpu_s": r["cpu_s"], "wall_s": r["wall_s"],
                                "detail": {k: r[k] for k in ("geopath_epochs", "flow_epochs", "geopath_cpu_s")}}
