@@ -13,6 +13,10 @@ Setup (once; nothing of the reference is committed)::
     benchmarks/_venvs/mfm_ref/bin/pip install torch==2.13.0
     benchmarks/_venvs/mfm_ref/bin/pip install -c <(echo torch==2.13.0) pytorch-lightning==2.2.0 torchcfm==1.0.5 \
         POT scikit-learn torchdyn pyyaml
+    # as of 2026-12: Lightning 2.2 needs pkg_resources, the pulled-in torchvision is a CUDA build that does not load,
+    # and scprep's pandas<2.1 pin gives a wheel built against numpy 1 (scprep and torchvision are stubbed by the runner)
+    benchmarks/_venvs/mfm_ref/bin/pip install "setuptools<81" "pandas>=2.2,<3"
+    benchmarks/_venvs/mfm_ref/bin/pip uninstall -y torchvision
     # the reference source (commit c58400b), unpacked into benchmarks/_work/mfm_ref_src (git-ignored)
 
 Usage: ``python benchmarks/bench_metricfm_reference.py --datasets eb hema ipsc --seeds 0 1 2 --out raw.json``
