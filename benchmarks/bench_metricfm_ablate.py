@@ -105,6 +105,17 @@ CONFIGS: dict[str, dict] = {
     # "land_bal" ({"land_balance": True}, commit 68c35f7; rows in metricfm_ablate_s24_bal_hema.json), removed again
     # four times the stage-1 steps at a quarter of the batch (same number of metric evaluations)
     "land_g2000_gb64": {"geopath_steps": 2000, "geopath_batch_size": 64},
+    # the reference's whole stage 1 (its lead over straight paths on hematopoiesis comes from that stage, section 4):
+    # Adam 1e-4, batch 128, validated every 10 steps (one of its epochs there), patience 5, best state kept; with its
+    # metric and time input ("ref_stage1") and on sctraj's metric without the time input ("ref_es_lr1e-4")
+    "ref_stage1": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3, "geopath_normalise": "global",
+                   "geopath_lr": 1e-4, "geopath_batch_size": 128, "geopath_val_fraction": 0.1,
+                   "geopath_eval_every": 10, "geopath_patience": 5, "geopath_steps": 2000},
+    "ref_stage1_notime": {"land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3, "geopath_normalise": "global",
+                          "geopath_lr": 1e-4, "geopath_batch_size": 128, "geopath_val_fraction": 0.1,
+                          "geopath_eval_every": 10, "geopath_patience": 5, "geopath_steps": 2000},
+    "ref_es_lr1e-4": {"geopath_lr": 1e-4, "geopath_batch_size": 128, "geopath_val_fraction": 0.1,
+                      "geopath_eval_every": 10, "geopath_patience": 5, "geopath_steps": 2000},
     # the reference's EB configuration, as far as it maps onto sctraj
     "reference_eb": {**_T, "land_gamma": 0.125, "metric_alpha": 2.0, "metric_eps": 1e-3,
                      "geopath_normalise": "global", "geopath_lr": 1e-4},
