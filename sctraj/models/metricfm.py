@@ -492,6 +492,15 @@ class MetricFM(BaseMethod):
                 refresh=cfg.ot_refresh, full_size=cfg.ot_full_size, rng=np.random.default_rng(rng.integers(2**63)),
             )
 
+        def held_out(splits):
+            """Per interval: its held-out cell indices and a one-off sampler of OT pairs between them."""
+            vi = [(splits[k][1], splits[k + 1][1]) for k in range(n_int)]
+            vs = [couplings.PairSampler(data.X[k][vi[k][0]], data.X[k + 1][vi[k][1]], plan_fn(k), batch_size=B,
+                                        block_size=cfg.ot_block_size, refresh=1, full_size=cfg.ot_full_size,
+                                        background=False, rng=np.random.default_rng(rng.integers(2**63)))
+                  for k in range(n_int)]
+            return vi, vs
+
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
         t0_all = torch.as_tensor(np.repeat(tau[:-1], B), dtype=torch.float32, device=device)
         dt_all = torch.as_tensor(np.repeat(np.diff(tau), B), dtype=torch.float32, device=device)
@@ -543,15 +552,12 @@ class MetricFM(BaseMethod):
                     e0_global = e0.mean()
                     val = None
                     if use_val:  # fixed held-out pairs and times (OT between the held-out cells)
-                        vi = [(splits[k][1], splits[k + 1][1]) for k in range(n_int)]
-                        vs = [couplings.PairSampler(data.X[k][vi[k][0]], data.X[k + 1][vi[k][1]], plan_fn(k),
-                                                    batch_size=B, block_size=cfg.ot_block_size, refresh=1,
-                                                    full_size=cfg.ot_full_size, background=False,
-                                                    rng=np.random.default_rng(rng.integers(2**63)))
-                              for k in range(n_int)]
-                        val = batch(vs, vi, 2 * Bg, gen)
-                        for v in vs:
-                            v.close()
+                        vi, vs = held_out(splits)
+                        try:
+                            val = batch(vs, vi, 2 * Bg, gen)
+                        finally:
+                            for v in vs:
+                                v.close()
 
                 def rel_energy(e):
                     return (e / e0).mean() if cfg.geopath_normalise == "interval" else e.mean() / e0_global
@@ -609,12 +615,7 @@ class MetricFM(BaseMethod):
                       for k in range(n_int)]
             fval = None
             if split2 is not None:  # fixed held-out samples: OT pairs of held-out cells, times, points, noise
-                vi = [(split2[k][1], split2[k + 1][1]) for k in range(n_int)]
-                vs = [couplings.PairSampler(data.X[k][vi[k][0]], data.X[k + 1][vi[k][1]], plan_fn(k),
-                                            batch_size=B, block_size=cfg.ot_block_size, refresh=1,
-                                            full_size=cfg.ot_full_size, background=False,
-                                            rng=np.random.default_rng(rng.integers(2**63)))
-                      for k in range(n_int)]
+                vi, vs = held_out(split2)
                 try:
                     nv = 4 * B
                     x0s, x1s, _ = draw(vs, vi, nv)
