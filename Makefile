@@ -3,20 +3,30 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
+CORE_STAMP := $(VENV)/.sctraj-core-installed
 STAMP := $(VENV)/.sctraj-installed
 
-.PHONY: install demo test lint bench docs tutorials clean
+.PHONY: install install-core demo test lint bench docs tutorials clean
 
-$(STAMP): pyproject.toml
+# sctraj and what it needs to run (all the demo uses)
+$(CORE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# the pinned CPU wheel first, so nothing can pull a multi-GB CUDA build
 	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e .
+	touch $(CORE_STAMP)
+
+# ... plus the test extra (pytest, the tutorials' and the integrations' packages: CellRank, scVelo, Dask, leiden)
+$(STAMP): $(CORE_STAMP)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+install-core: $(CORE_STAMP)
+
 install: $(STAMP)
 
-demo: install
+# the demo needs only the core install (about a minute less than the test extra on a fresh machine)
+demo: install-core
 	$(VENV)/bin/sctraj demo --out sctraj_demo
 
 test: install
