@@ -13,9 +13,9 @@ Run: ``python benchmarks/bench_torchcfm.py [--quick] [--seeds 0 1] [--splits 0 1
 writes the table from every stored row; ``--reuse-peer`` reuses stored torchcfm fits, which do not depend on sctraj).
 
 Time to quality (issue 15 item 5): ``--steps N ...`` also fits sctraj with each of these ``n_steps`` right after its
-default fit, on the same split and seed, scored against the same torchcfm fit. The report then names, per method, the
-cheapest sctraj budget whose mean W1 (over every split and seed of the run) is at or below torchcfm's, and its CPU
-seconds as a fraction of torchcfm's.
+default fit, on the same split and seed, scored against the same torchcfm fit. The report then names, per method
+(over all the run's splits and seeds, then per split), the cheapest sctraj budget whose mean W1 is at or below
+torchcfm's, and its CPU seconds as a fraction of torchcfm's.
 """
 
 from __future__ import annotations
