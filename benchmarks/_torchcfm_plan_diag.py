@@ -23,12 +23,14 @@ import _torchcfm_runner  # noqa: E402
 
 _get_map = otm.OTPlanSampler.get_map
 stats: dict[str, list[float]] = {"plan mass": [], "source share": [], "target share": []}
+uniform = [0]  # plans torchcfm replaced by the uniform plan (solver mass below 1e-8)
 
 
 def get_map(self, x0, x1):
     p = _get_map(self, x0, x1)
     q = p / p.sum()
     n = p.shape[0]
+    uniform[0] += bool(np.all(p == p.flat[0]))
     stats["plan mass"].append(float(p.sum()))
     stats["source share"].append(float(1 / (q.sum(1) ** 2).sum() / n))
     stats["target share"].append(float(1 / (q.sum(0) ** 2).sum() / n))
@@ -39,6 +41,6 @@ if __name__ == "__main__":
     otm.OTPlanSampler.get_map = get_map
     warnings.simplefilter("ignore")
     _torchcfm_runner.main(sys.argv[1], sys.argv[2])
-    print(f"{len(stats['plan mass'])} plans; 5th / 50th / 95th percentiles:")
+    print(f"{len(stats['plan mass'])} plans, {uniform[0]} replaced by the uniform plan; 5th / 50th / 95th percentiles:")
     for k, v in stats.items():
         print(f"  {k}: " + " / ".join(f"{x:.3g}" for x in np.percentile(v, [5, 50, 95])))
