@@ -24,6 +24,9 @@ Usage: ``python benchmarks/bench_metricfm_reference.py --datasets eb hema ipsc -
 Time to quality: ``--steps 250 500 1000`` also fits sctraj's ``metricfm`` with each of these step counts (rows
 ``metricfm@N``), so the CPU seconds at which it reaches the reference's W1 can be read off in the same run.
 
+An option set of ``bench_metricfm_ablate.py`` beside it: ``--metricfm-config ref_stage1`` (rows
+``metricfm[ref_stage1]``, CPU seconds of the fit only, as for the other sctraj rows).
+
 Ablating the reference: ``--ref-override mfm=0`` runs the reference's own OT-CFM (no geodesic stage, straight
 interpolants, as its ``main.py`` with ``--mfm False``); other keys override its settings the same way (rows
 ``reference[KEY=VALUE,...]``).
@@ -41,6 +44,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from bench_metricfm_ablate import CONFIGS
 
 HERE = Path(__file__).resolve().parent
 VENV_PY = HERE / "_venvs" / "mfm_ref" / "bin" / "python"
@@ -96,6 +100,9 @@ def main():
                          "straight interpolants, as its main.py with --mfm False")
     ap.add_argument("--steps", type=int, nargs="*", default=[],
                     help="time to quality: also fit sctraj's metricfm with each of these n_steps (rows 'metricfm@N')")
+    ap.add_argument("--metricfm-config", nargs="*", default=[], metavar="NAME",
+                    help="also fit sctraj's metricfm with these option sets of bench_metricfm_ablate.CONFIGS "
+                         "(rows 'metricfm[NAME]'), e.g. ref_stage1")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     ref_ov = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.ref_override)}
@@ -118,7 +125,8 @@ def main():
         for hi in interior:
             h = float(times[hi])
             for s in args.seeds:
-                for method in (ref_name, "metricfm", "otcfm", *[f"metricfm@{n}" for n in args.steps]):
+                for method in (ref_name, "metricfm", "otcfm", *[f"metricfm@{n}" for n in args.steps],
+                               *[f"metricfm[{c}]" for c in args.metricfm_config]):
                     base = "reference" if method == ref_name else method
                     if base in args.skip or method in args.skip or (method, name, h, s) in done:
                         continue
@@ -130,9 +138,11 @@ def main():
                     else:
                         c0, w0 = time.process_time(), time.perf_counter()
                         m, _, n = method.partition("@")
+                        m, _, cfg = m.partition("[")
+                        params = CONFIGS[cfg[:-1]] if cfg else {}
                         model = sctraj.tl.fit_flow(a, key, method=m, use_rep=rep, exclude_times=[h],
                                                    random_state=s, progress=False, trajectory_n_grid=0,
-                                                   key_added="_bench", **({"n_steps": int(n)} if n else {}))
+                                                   key_added="_bench", **({"n_steps": int(n)} if n else {}), **params)
                         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
                         p = sctraj.tl.predict(a, model, source_time=float(times[hi - 1]), target_time=h)
                         w1 = sctraj.tl.evaluate(p.obsm[rep], X[t == h], random_state=s)["W1"]
