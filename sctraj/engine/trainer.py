@@ -110,6 +110,40 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+class KeepBest:
+    """Early stopping on a held-out loss, for :func:`train`'s ``stop``: the best state of ``module`` is kept.
+
+    Every ``every`` steps ``evaluate()`` (a float) is appended to ``history[key]``. A loss below ``(1 - rel_tol)``
+    times the best so far keeps a copy of ``module``'s state (and the step count, ``self.step``); after ``patience``
+    evaluations in a row without one, ``__call__`` returns ``True`` and training stops (``patience=None``: never).
+    ``restore()`` loads the kept state back into ``module`` and says whether there was one.
+    """
+
+    def __init__(self, module: torch.nn.Module, evaluate: Callable[[], float], *, every: int,
+                 patience: int | None, history: dict[str, list[float]], key: str, rel_tol: float = 0.0) -> None:
+        self.module, self.evaluate, self.every, self.patience = module, evaluate, int(every), patience
+        self.history, self.key, self.rel_tol = history, key, rel_tol
+        self.loss, self.state, self.bad, self.step = float("inf"), None, 0, -1
+
+    def __call__(self, step: int) -> bool:
+        if (step + 1) % self.every:
+            return False
+        lv = float(self.evaluate())
+        self.history.setdefault(self.key, []).append(lv)
+        if self.state is None or lv < self.loss * (1 - self.rel_tol):
+            self.loss, self.bad, self.step = lv, 0, step + 1
+            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.patience is not None and self.bad >= self.patience
+
+    def restore(self) -> bool:
+        if self.state is None:
+            return False
+        self.module.load_state_dict(self.state)
+        return True
+
+
 def train(
     params: Iterable[torch.nn.Parameter],
     loss_fn: LossFn,

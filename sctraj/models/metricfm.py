@@ -45,7 +45,7 @@ from torch import nn
 from ..engine import couplings, distributed
 from ..engine.metrics import LANDMetric, RBFMetric, resolve_metric
 from ..engine.nn import VectorField, mlp
-from ..engine.trainer import LR_SCHEDULES, cpu_threads, train
+from ..engine.trainer import LR_SCHEDULES, KeepBest, cpu_threads, train
 from ._base import BaseMethod, FitData, MethodConfig
 from ._registry import register_method
 
@@ -567,30 +567,22 @@ class MetricFM(BaseMethod):
                     xt, ut = self.interpolant.point_and_velocity(x0, x1, s, t0, dt)
                     return {"loss": rel_energy(energies(xt, ut))}
 
-                best = {"loss": float("inf"), "state": None, "bad": 0}
-
-                def check(step):
-                    if val is None or (step + 1) % cfg.geopath_eval_every:
-                        return False
+                def geo_val_loss():
                     with torch.no_grad():
                         xt, ut = self.interpolant.point_and_velocity(*val)
                         # averaged over the ranks of a data-parallel fit, so that every rank stops at the same step
-                        lv = float(distributed.mean(rel_energy(energies(xt, ut))))
-                    history.setdefault("geopath_val_loss", []).append(lv)
-                    if best["state"] is None or lv < best["loss"] * (1 - 1e-4):
-                        best.update(loss=lv, bad=0,
-                                    state={k: v.detach().clone() for k, v in self.interpolant.state_dict().items()})
-                        return False
-                    best["bad"] += 1
-                    return best["bad"] >= cfg.geopath_patience
+                        return distributed.mean(rel_energy(energies(xt, ut)))
 
+                best = None if val is None else KeepBest(
+                    self.interpolant, geo_val_loss, every=cfg.geopath_eval_every, patience=cfg.geopath_patience,
+                    history=history, key="geopath_val_loss", rel_tol=1e-4)
                 self._geopath_steps_run = len(train(
                     self.interpolant.parameters(), geo_loss, g_max, lr=cfg.geopath_lr, weight_decay=cfg.weight_decay,
                     lr_schedule=cfg.geopath_lr_schedule, grad_clip=cfg.geopath_grad_clip,
                     progress=progress, desc=f"{self.name} paths", history=history, prefix="geopath_",
-                    stop=check, sync_every=cfg.geopath_eval_every)["geopath_loss"])
-                if best["state"] is not None:
-                    self.interpolant.load_state_dict(best["state"])
+                    stop=best, sync_every=cfg.geopath_eval_every)["geopath_loss"])
+                if best is not None:
+                    best.restore()
             # ---- stage 2: flow matching on the frozen learned paths ----------------------------------------
             for p in self.interpolant.parameters():
                 p.requires_grad_(False)
@@ -630,23 +622,14 @@ class MetricFM(BaseMethod):
                     xt, ut = self.interpolant.point_and_velocity(torch.cat(x0s), torch.cat(x1s), s, t0, dt)
                 fval = (xt + cfg.sigma * torch.randn(xt.shape, device=device, generator=gv), t0 + s * dt,
                         ut / dt[:, None])
-            fbest = {"loss": float("inf"), "state": None, "bad": 0, "step": -1}
 
             def flow_val_loss():
                 with torch.no_grad():  # (averaged over the ranks of a data-parallel fit: every rank keeps the same)
                     return float(distributed.mean(torch.mean((self.net(fval[0], fval[1]) - fval[2]) ** 2)))
 
-            def check_flow(step):
-                if fval is None or (step + 1) % cfg.flow_eval_every:
-                    return False
-                lv = flow_val_loss()
-                history.setdefault("flow_val_loss", []).append(lv)
-                if fbest["state"] is None or lv < fbest["loss"]:
-                    fbest.update(loss=lv, bad=0, step=step + 1,
-                                 state={k: v.detach().clone() for k, v in self.net.state_dict().items()})
-                    return False
-                fbest["bad"] += 1
-                return cfg.flow_patience is not None and fbest["bad"] >= cfg.flow_patience
+            fbest = None if fval is None else KeepBest(self.net, flow_val_loss, every=cfg.flow_eval_every,
+                                                       patience=cfg.flow_patience, history=history,
+                                                       key="flow_val_loss")
             chunk = max(1, min(cfg.chunk_steps, n_steps))
             buf: dict[str, torch.Tensor] = {}
 
@@ -684,10 +667,9 @@ class MetricFM(BaseMethod):
 
             train(self.net.parameters(), fm_loss, n_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                   lr_schedule=cfg.lr_schedule, progress=progress, desc=f"{self.name}", history=history,
-                  stop=check_flow if fval is not None else None)
-            if fbest["state"] is not None:
-                self.net.load_state_dict(fbest["state"])
-                self._flow_best = (fbest["step"], flow_val_loss())  # the kept field's held-out loss, recomputed
+                  stop=fbest)
+            if fbest is not None and fbest.restore():
+                self._flow_best = (fbest.step, flow_val_loss())  # the kept field's held-out loss, recomputed
         finally:
             for smp in samplers:
                 smp.close()
